@@ -1,0 +1,113 @@
+"""The one place that makes HTTP sessions and maps aiohttp's errors into ours.
+
+Sessions carry no default headers at all: the API client adds `Api-Key` and `Authorization`
+per request, and the delivery path sends none, so no redirect can carry a secret to another
+host. Redirects are never followed by aiohttp (`allow_redirects=False` at every call site):
+the transfer stage follows them itself, with a hop limit and loop detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .errors import BulkGettyError, ConnectError, ReadError, UsageError
+
+__all__ = ("Timeouts", "check_url_scheme", "is_loopback_host", "map_errors", "new_session")
+
+T = TypeVar("T")
+
+USER_AGENT = "bulkgetty/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """No total timeout: a 4 GiB video takes as long as it takes. A stall is what we catch."""
+
+    connect: float = 30.0
+    #: Longest wait for the next bytes of a response (a stalled transfer).
+    stall: float = 60.0
+
+
+def new_session(timeouts: Timeouts, *, limit: int = 100) -> aiohttp.ClientSession:
+    """A session with no default headers, no cookies, no automatic decompression."""
+    connector = aiohttp.TCPConnector(
+        limit=limit,
+        limit_per_host=limit,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            connect=timeouts.connect,
+            sock_connect=timeouts.connect,
+            sock_read=timeouts.stall,
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        headers={"User-Agent": USER_AGENT},
+        skip_auto_headers=("Accept-Encoding",),
+        read_bufsize=2**20,
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost`: the only hosts plain http:// may reach."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url_scheme(url: str, *, what: str) -> None:
+    """Refuse anything but https, or http to a loopback address (the sandbox, tests)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
+        return
+    shown = f"{parts.scheme}://{parts.hostname or ''}"
+    raise UsageError(
+        f"{what} must be https:// (plain http:// only to a loopback address), got {shown}"
+    )
+
+
+async def map_errors(call: Callable[[], Awaitable[T]], *, sent_may_spend: bool = False) -> T:
+    """Await `call`, turning aiohttp and socket errors into ConnectError or ReadError.
+
+    A connect-class failure means the request never left, so nothing was spent. Anything
+    later means the server may have acted on it; with `sent_may_spend` (a download POST) the
+    error says so, and the caller must not repeat the request blindly.
+    """
+    try:
+        return await call()
+    except BulkGettyError:
+        raise
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise ConnectError(f"cannot connect: {describe(exc)}") from exc
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise ReadError(
+            f"connection lost or timed out: {describe(exc)}", may_have_spent=sent_may_spend
+        ) from exc
+
+
+def describe(exc: BaseException) -> str:
+    """A short description of a low-level error that never includes a URL's query string."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{exc.host}:{exc.port}: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    text = str(exc).split("?", 1)[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
