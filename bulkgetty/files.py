@@ -1,0 +1,611 @@
+"""The only module that creates, writes or renames files in the output folder.
+
+Why one module: every rule that keeps the user's folder safe lives here and nowhere else.
+
+- Names come from a server header, so they are hostile until cleaned (`safe_name`).
+- A name is *reserved* in memory before any byte is written (`OutputDir.reserve`), so two
+  assets that share a name never write to the same file, in this process or on disk.
+- Bytes go to `NAME.part`; only a complete, verified file is renamed to `NAME`, and that
+  rename never replaces an existing file (`PartFile.finish`).
+- Every blocking call that may take a millisecond (open with O_CREAT, pwrite, fsync, rename,
+  hashing) runs in a worker thread, so one slow disk operation does not stall every transfer
+  on the event loop (baseline.md: open(O_CREAT) costs ~1 ms on ext4).
+- OS errors become `StorageError` naming the path and the cause; the `.part` stays for resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import os
+import re
+import stat
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import unquote_to_bytes
+
+from .errors import StorageError
+
+__all__ = (
+    "MAX_NAME_BYTES",
+    "PART_SUFFIX",
+    "OutputDir",
+    "PartFile",
+    "SequentialWriter",
+    "open_part",
+    "parse_content_disposition",
+    "safe_name",
+    "sha256_file",
+)
+
+PART_SUFFIX: Final = ".part"
+#: Longest final name in UTF-8 bytes. 255 is NAME_MAX on every common filesystem; the final
+#: name is capped lower so that `NAME.part` still fits in 255 bytes.
+MAX_NAME_BYTES: Final = 255 - len(PART_SUFFIX)
+#: Small writes are gathered until at least this many bytes, then written with one pwrite.
+WRITE_BATCH: Final = 2**20
+_READ_CHUNK: Final = 2**20
+_MAX_EXT_BYTES: Final = 32
+_MAX_COLLISIONS: Final = 10_000
+_STATE_DIR: Final = ".bulkgetty"
+
+_RESERVED_WINDOWS: Final = frozenset(
+    {"CON", "PRN", "AUX", "NUL"}
+    | {f"COM{i}" for i in range(1, 10)}
+    | {f"LPT{i}" for i in range(1, 10)}
+)
+_WINDOWS_BAD_CHARS: Final = re.compile(r'[<>:"|?*]')
+
+_EXT_BY_TYPE: Final = {
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/pjpeg": ".jpg",
+    "image/png": ".png",
+    "image/gif": ".gif",
+    "image/tiff": ".tif",
+    "image/webp": ".webp",
+    "image/svg+xml": ".svg",
+    "image/x-eps": ".eps",
+    "application/postscript": ".eps",
+    "application/eps": ".eps",
+    "application/pdf": ".pdf",
+    "application/zip": ".zip",
+    "video/mp4": ".mp4",
+    "video/quicktime": ".mov",
+    "video/x-msvideo": ".avi",
+    "video/mpeg": ".mpg",
+    "video/webm": ".webm",
+    "video/x-m4v": ".m4v",
+    "video/mxf": ".mxf",
+    "application/mxf": ".mxf",
+    "audio/mpeg": ".mp3",
+    "audio/wav": ".wav",
+}
+
+# --------------------------------------------------------------------------- names
+
+
+def safe_name(raw: str | None, *, asset_id: str, content_type: str | None) -> str:
+    """A file name that is safe to create directly in the output folder.
+
+    A safe Getty name (`GettyImages-1167612765.jpg`) comes back exactly as sent. Anything
+    else is reduced to one harmless path component; with nothing usable left, the name is
+    the asset id plus an extension from `content_type`.
+    """
+    name = _clean_component(raw) if raw else ""
+    if not name:
+        name = _clean_component(asset_id + extension_for(content_type)) or "asset.bin"
+    return name
+
+
+def extension_for(content_type: str | None) -> str:
+    """`.jpg` for image/jpeg and so on; `.bin` when the type is missing or unknown."""
+    if not content_type:
+        return ".bin"
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return _EXT_BY_TYPE.get(mime, ".bin")
+
+
+def _clean_component(raw: str) -> str:
+    """Keep the last path component; drop what a filesystem or a shell would misread."""
+    last = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    text = "".join(ch for ch in last if not _is_unsafe_char(ch))
+    text = _WINDOWS_BAD_CHARS.sub("_", text)
+    text = text.strip().rstrip(". ").lstrip(". ")
+    if not text:
+        return ""
+    stem, ext = _split_ext(text)
+    if stem.split(".", 1)[0].rstrip(" ").upper() in _RESERVED_WINDOWS:
+        stem = "_" + stem
+    return _fit(stem, ext, MAX_NAME_BYTES)
+
+
+def _is_unsafe_char(ch: str) -> bool:
+    """Control and format characters (NUL, newline, bidi overrides) and lone surrogates."""
+    category = unicodedata.category(ch)
+    return category in ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    """Split off a short extension; a 'extension' longer than 32 bytes is part of the stem."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext.encode()) + 1 > _MAX_EXT_BYTES or " " in ext:
+        return name, ""
+    return stem, "." + ext
+
+
+def _fit(stem: str, ext: str, limit: int) -> str:
+    """`stem + ext` in at most `limit` UTF-8 bytes, cutting the stem on a character boundary."""
+    budget = limit - len(ext.encode())
+    raw = stem.encode()
+    if len(raw) > budget:
+        stem = raw[:budget].decode("utf-8", errors="ignore").rstrip(". ")
+    return stem + ext
+
+
+def _is_single_safe_component(name: str) -> bool:
+    """True when `name` is exactly what `safe_name` would keep (used on journal input)."""
+    return bool(name) and _clean_component(name) == name
+
+
+# ------------------------------------------------------------- Content-Disposition
+
+
+def parse_content_disposition(value: str) -> str | None:
+    """The file name in a Content-Disposition header, or None.
+
+    Accepts Getty's unquoted form (`attachment; filename=GettyImages-1.jpg`), quoted strings
+    with backslash escapes, and RFC 5987/6266 `filename*=UTF-8''%E2%82%AC.jpg`, which wins
+    over `filename`. Junk parameters are skipped rather than failing the download.
+    """
+    params = _parse_params(value)
+    extended = params.get("filename*")
+    if extended is not None:
+        decoded = _decode_ext_value(extended)
+        if decoded:
+            return decoded
+    plain = params.get("filename")
+    return plain or None
+
+
+def _parse_params(value: str) -> dict[str, str]:
+    """`name=value` pairs after the disposition type; the first occurrence of a name wins."""
+    params: dict[str, str] = {}
+    i, n = 0, len(value)
+    while i < n:
+        j = i
+        while j < n and value[j] not in "=;":
+            j += 1
+        key = value[i:j].strip().lower()
+        if j >= n or value[j] == ";":
+            i = j + 1
+            continue
+        raw, i = _read_value(value, j + 1)
+        if key and key not in params:
+            params[key] = raw
+    return params
+
+
+def _read_value(value: str, i: int) -> tuple[str, int]:
+    """Read a quoted-string (with escapes) or a token up to `;`; return it and the next index."""
+    n = len(value)
+    while i < n and value[i] in " \t":
+        i += 1
+    if i < n and value[i] == '"':
+        out: list[str] = []
+        i += 1
+        while i < n and value[i] != '"':
+            if value[i] == "\\" and i + 1 < n:
+                i += 1
+            out.append(value[i])
+            i += 1
+        end = value.find(";", i)
+        return "".join(out), (n if end < 0 else end + 1)
+    end = value.find(";", i)
+    end = n if end < 0 else end
+    return value[i:end].strip(), end + 1
+
+
+def _decode_ext_value(raw: str) -> str | None:
+    """Decode RFC 5987 `charset'lang'pct-encoded`; None if malformed or an unknown charset."""
+    parts = raw.strip().strip('"').split("'", 2)
+    if len(parts) != 3:
+        return None
+    charset = parts[0].strip().lower()
+    if charset not in ("utf-8", "iso-8859-1", "latin-1", "us-ascii"):
+        return None
+    data = unquote_to_bytes(parts[2])
+    try:
+        return data.decode("utf-8" if charset == "utf-8" else "latin-1")
+    except UnicodeDecodeError:
+        return None
+
+
+# --------------------------------------------------------------------- output dir
+
+
+class OutputDir:
+    """The output folder of one run: creates it, hands out collision-free names.
+
+    Reservations live in memory (one entry per asset in flight; `release` when done), so two
+    concurrent assets never get the same name; the disk is checked too, so an existing file
+    or another asset's `.part` is never reused. `reserve` calls `lstat` on the event loop:
+    that is a cached metadata lookup (microseconds), unlike open(O_CREAT).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / _STATE_DIR).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise _storage_error(exc, self.path, "create the output folder") from exc
+        self.real = self.path.resolve()
+        self._owner_of: dict[str, str] = {}  # casefolded name -> owner
+        self._name_of: dict[str, str] = {}  # owner -> name
+
+    @property
+    def state_dir(self) -> Path:
+        """`DIR/.bulkgetty/`: journal, locks, logs; never a place for finished files."""
+        return self.path / _STATE_DIR
+
+    def reserve(self, name: str, owner: str, *, prefer: str | None = None) -> str:
+        """A name for `owner` that no other owner holds and no other file occupies.
+
+        `prefer` is the owner's own earlier name (from the journal): it is given back when
+        nobody else holds it and no final file sits there, so a resume keeps its `.part`.
+        Otherwise `name`, `stem (2).ext`, `stem (3).ext` ... is tried in that order.
+        """
+        if prefer is not None and self._prefer_ok(prefer, owner):
+            return self._take(prefer, owner)
+        clean = safe_name(name, asset_id=owner, content_type=None)
+        stem, ext = _split_ext(clean)
+        for n in range(1, _MAX_COLLISIONS + 1):
+            candidate = clean if n == 1 else _fit(stem, f" ({n}){ext}", MAX_NAME_BYTES)
+            if self._free(candidate, owner, allow_own_part=False):
+                return self._take(candidate, owner)
+        raise StorageError(f"no free file name like {clean!r} in {self.path}")
+
+    def release(self, owner: str) -> None:
+        """Forget `owner`'s reservation (its file is finished, or it failed for good)."""
+        name = self._name_of.pop(owner, None)
+        if name is not None:
+            self._owner_of.pop(name.casefold(), None)
+
+    def final_path(self, name: str) -> Path:
+        """`DIR/name`, after checking that `name` is one plain component inside DIR."""
+        if not _is_single_safe_component(name):
+            raise StorageError(f"unsafe file name {name!r} refused in {self.path}")
+        path = self.path / name
+        if (self.real / name).parent != self.real:
+            raise StorageError(f"{path} would lie outside {self.path}")
+        return path
+
+    def part_path(self, name: str) -> Path:
+        """`DIR/name.part`: where bytes go until the file is complete and verified."""
+        return self.final_path(name).with_name(name + PART_SUFFIX)
+
+    def _prefer_ok(self, name: str, owner: str) -> bool:
+        if not _is_single_safe_component(name):
+            return False
+        return self._free(name, owner, allow_own_part=True)
+
+    def _free(self, name: str, owner: str, *, allow_own_part: bool) -> bool:
+        holder = self._owner_of.get(name.casefold())
+        if holder is not None and holder != owner:
+            return False
+        if os.path.lexists(self.path / name):
+            return False
+        own = allow_own_part or holder == owner
+        return own or not os.path.lexists(self.path / (name + PART_SUFFIX))
+
+    def _take(self, name: str, owner: str) -> str:
+        self.release(owner)
+        self._owner_of[name.casefold()] = owner
+        self._name_of[owner] = name
+        return name
+
+
+# ----------------------------------------------------------------------- part file
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Bytes waiting to be written at `offset` in one pwrite."""
+
+    offset: int
+    chunks: list[bytes]
+    size: int = 0
+
+
+class PartFile:
+    """An open `NAME.part`: positional writes, preallocation, fsync and the final rename.
+
+    Create it with `open_part`. Positional writes (pwrite) let several segments share one
+    file descriptor without seeking. Use as `async with` or call `close()`; closing keeps the
+    `.part` (it is what a later attempt resumes from).
+    """
+
+    def __init__(self, out: OutputDir, name: str, fd: int, size_on_disk: int) -> None:
+        self.out = out
+        self.name = name
+        self.path = out.part_path(name)
+        #: Length of the `.part` when it was opened (what a resume can build on).
+        self.size_on_disk = size_on_disk
+        self._fd: int | None = fd
+
+    async def __aenter__(self) -> PartFile:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise StorageError(f"{self.path} is already closed")
+        return self._fd
+
+    async def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write all of `data` at `offset` in a worker thread (one pwrite per call, usually)."""
+        await self._run(_pwrite_all, self.fd, data, offset, None, what="write")
+
+    async def write_hashed(self, offset: int, chunks: list[bytes], hasher: Any | None) -> int:
+        """Write `chunks` back to back at `offset` and feed them to `hasher`, in one thread hop.
+
+        Hashing next to the write keeps SHA-256 off the event loop too (hashlib releases the
+        GIL on large buffers). Returns the number of bytes written.
+        """
+        written: int = await self._run(_write_chunks, self.fd, chunks, offset, hasher, what="write")
+        return written
+
+    async def truncate(self, size: int) -> None:
+        """Cut (or extend with zeros) the `.part` to `size` bytes."""
+        await self._run(os.ftruncate, self.fd, size, what="truncate")
+
+    async def preallocate(self, size: int) -> None:
+        """Reserve `size` bytes on disk now, so ENOSPC comes before the download, not after."""
+        await self._run(_preallocate, self.fd, size, what="preallocate")
+
+    async def size(self) -> int:
+        """Current length of the `.part` on disk."""
+        result: int = await self._run(lambda fd: os.fstat(fd).st_size, self.fd, what="stat")
+        return result
+
+    async def finish(self, final_name: str, *, durable: bool = True) -> Path:
+        """fsync, rename `.part` to `final_name` without replacing anything, fsync the folder."""
+        final = self.out.final_path(final_name)
+        fd, self._fd = self.fd, None  # _finish closes it, whatever happens
+        await self._run(_finish, fd, self.path, final, durable, what="finish")
+        return final
+
+    async def close(self) -> None:
+        """Close the descriptor; the `.part` stays for a later resume."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            await self._run(os.close, fd, what="close")
+
+    async def _run(self, func: Any, *args: Any, what: str) -> Any:
+        try:
+            return await asyncio.to_thread(func, *args)
+        except OSError as exc:
+            raise _storage_error(exc, Path(exc.filename or self.path), what) from exc
+
+
+class SequentialWriter:
+    """Writes one stream's bytes in order from `offset`, in batches of at least 1 MiB.
+
+    One pwrite per MiB instead of one per network read keeps the syscall count low (the
+    write path is CPU-bound, baseline.md). `position` counts only bytes already on disk, so
+    it is what may be recorded as done. Memory stays at about two batches per stream.
+    """
+
+    def __init__(self, part: PartFile, offset: int, hasher: Any | None = None) -> None:
+        self.part = part
+        self.position = offset
+        self.hasher = hasher
+        self._batch = _Batch(offset, [])
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet on disk."""
+        return self._batch.size
+
+    async def write(self, data: bytes) -> int:
+        """Queue `data`; returns the bytes that reached the disk by this call (0 or a batch)."""
+        if data:
+            self._batch.chunks.append(data)
+            self._batch.size += len(data)
+        if self._batch.size >= WRITE_BATCH:
+            return await self.flush()
+        return 0
+
+    async def flush(self) -> int:
+        """Write everything queued; returns the number of bytes written."""
+        batch = self._batch
+        if not batch.size:
+            return 0
+        self._batch = _Batch(batch.offset + batch.size, [])
+        written = await self.part.write_hashed(batch.offset, batch.chunks, self.hasher)
+        self.position = batch.offset + written
+        return written
+
+
+async def open_part(out: OutputDir, name: str, *, size: int | None, resume: bool) -> PartFile:
+    """Create or reopen `DIR/NAME.part` in a worker thread.
+
+    `resume=False` truncates whatever is there. `size` (known total, segmented downloads
+    only) preallocates the file so segments can write at any offset and a full disk shows up
+    at once. A symlink at `NAME.part` is refused (O_NOFOLLOW).
+    """
+    path = out.part_path(name)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (0 if resume else os.O_TRUNC)
+    try:
+        fd, on_disk = await asyncio.to_thread(_open_regular, path, flags)
+    except OSError as exc:
+        raise _storage_error(exc, path, "open") from exc
+    part = PartFile(out, name, fd, on_disk)
+    if size is not None and size > on_disk:
+        try:
+            await part.preallocate(size)
+        except BaseException:
+            await part.close()
+            raise
+    return part
+
+
+async def sha256_file(path: str | os.PathLike[str], *, upto: int | None = None) -> Any:
+    """SHA-256 of the first `upto` bytes (or all) of `path`, read in 1 MiB chunks off the loop.
+
+    Returns the hashlib object so a resumed stream can go on feeding it.
+    """
+    try:
+        return await asyncio.to_thread(_hash_file, os.fspath(path), upto)
+    except OSError as exc:
+        raise _storage_error(exc, Path(path), "read") from exc
+
+
+# ------------------------------------------------------ blocking helpers (threads)
+
+
+def _open_regular(path: Path, flags: int) -> tuple[int, int]:
+    fd = os.open(path, flags, 0o644)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd, st.st_size
+
+
+def _pwrite_all(
+    fd: int, data: bytes | bytearray | memoryview, offset: int, hasher: Any | None
+) -> int:
+    view = memoryview(data)
+    total = len(view)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+    if hasher is not None:
+        hasher.update(data)
+    return total
+
+
+def _write_chunks(fd: int, chunks: list[bytes], offset: int, hasher: Any | None) -> int:
+    data: bytes | bytearray = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return _pwrite_all(fd, data, offset, hasher)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
+def _finish(fd: int, part: Path, final: Path, durable: bool) -> None:
+    try:
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    _rename_noreplace(part, final)
+    if durable:
+        dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+_RENAME_NOREPLACE: Final = 1
+_AT_FDCWD: Final = -100
+
+
+def _libc_renameat2() -> Any | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    func.restype = ctypes.c_int
+    return func
+
+
+_renameat2: Any | None = _libc_renameat2()
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename that fails with EEXIST instead of replacing `dst`.
+
+    renameat2(RENAME_NOREPLACE) where the kernel and filesystem have it; else link + unlink
+    (link never replaces); on filesystems without hard links, check-then-rename, which is
+    still safe here because `dst` is reserved for this asset in this process.
+    """
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(dst))
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS):
+            raise
+        if os.path.lexists(dst):
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from exc
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def _hash_file(path: str, upto: int | None) -> Any:
+    hasher = hashlib.sha256()
+    buf = bytearray(_READ_CHUNK)
+    view = memoryview(buf)
+    left = upto
+    with open(path, "rb", buffering=0) as fh:
+        while left is None or left > 0:
+            want = _READ_CHUNK if left is None else min(_READ_CHUNK, left)
+            n = fh.readinto(view[:want])
+            if not n:
+                break
+            hasher.update(view[:n])
+            if left is not None:
+                left -= n
+    if left:
+        raise OSError(errno.EIO, f"file is {left} bytes shorter than expected", path)
+    return hasher
+
+
+_CAUSES: Final = {
+    errno.ENOSPC: "disk full (ENOSPC); the .part is kept for resume",
+    errno.EDQUOT: "disk quota exceeded (EDQUOT); the .part is kept for resume",
+    errno.EACCES: "permission denied (EACCES)",
+    errno.EPERM: "operation not permitted (EPERM)",
+    errno.EROFS: "read-only filesystem (EROFS)",
+    errno.ELOOP: "is a symlink, refused (ELOOP)",
+    errno.EEXIST: "already exists, will not overwrite it (EEXIST)",
+    errno.ENAMETOOLONG: "file name too long (ENAMETOOLONG)",
+}
+
+
+def _storage_error(exc: OSError, path: Path, what: str) -> StorageError:
+    cause = _CAUSES.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+    return StorageError(f"cannot {what} {path}: {cause}")
