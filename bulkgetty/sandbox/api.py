@@ -1,0 +1,590 @@
+"""The API origin: OAuth token endpoint, /v3 endpoints and the /__sandbox__ control surface.
+
+Choices where Getty is undocumented (getty-api.md §12):
+- Bad grants answer 400 (`invalid_grant`, `unauthorized_client`, `unsupported_grant_type`);
+  a wrong client id/secret answers 401 `invalid_client`.
+- An expired or unknown bearer answers 401 `{"message":"Unauthorized"}` with
+  `WWW-Authenticate: Bearer realm="Download",error="invalid_token",...`.
+- A product_type the account does not hold answers 403 `NoAccessToProductType`; an unknown
+  product_id answers 401 `ProductIdNotAvailableForUser`; several products of one type and no
+  product_id answers 400 `MissingRequiredQueryParameters`.
+- The refresh grant does not rotate the refresh token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..assets import PRODUCT_TYPES, Asset
+from .catalogue import search_items
+from .config import MAX_IMAGE_HEIGHT, VIDEO_SIZES, Product
+from .content import Variant
+from .state import SandboxState, Spend
+
+__all__ = ("build_api_app",)
+
+STATE_KEY: web.AppKey[SandboxState] = web.AppKey("state", SandboxState)
+DELIVERY_KEY: web.AppKey[list[str]] = web.AppKey("delivery", list)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """Raised by helpers; turned into a Getty-style JSON response by the handler wrapper."""
+
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+def getty_error(status: int, code: str, message: str) -> ApiError:
+    return ApiError(status, {"ErrorCode": code, "ErrorMessage": message})
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(body).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+_MISSING_TOKEN = ApiError(
+    401,
+    {"ErrorCode": "AuthorizationTokenRequired", "ErrorMessage": "The access token is missing"},
+    {
+        "WWW-Authenticate": 'Bearer realm="Download",error="invalid_token",'
+        'error_description="The access token is missing"'
+    },
+)
+_BAD_TOKEN = ApiError(
+    401,
+    {"message": "Unauthorized"},
+    {
+        "WWW-Authenticate": 'Bearer realm="Download",error="invalid_token",'
+        'error_description="The access token is invalid or has expired"'
+    },
+)
+_THROTTLED = ApiError(
+    429,
+    {"message": "Account Over Queries Per Second Limit"},
+    {"X-Error-Detail": "Account Over Queries Per Second Limit"},
+)
+
+
+def _state(request: web.Request) -> SandboxState:
+    return request.app[STATE_KEY]
+
+
+def _gateway(handler: Handler, *, bearer: bool | None) -> Handler:
+    """Api-Key check, throttle, latency and bearer check, in the gateway's order.
+
+    bearer=True requires a valid token, None checks one only if sent, False ignores it.
+    """
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        state = _state(request)
+        state.stats.api_requests += 1
+        try:
+            key = request.headers.get("Api-Key")
+            if not key:
+                raise ApiError(401, {"message": "Unauthorized"})
+            if key != state.config.api_key:
+                raise ApiError(
+                    403, {"message": "Forbidden"}, {"x-amzn-errortype": "ForbiddenException"}
+                )
+            if not state.allow(key):
+                raise _THROTTLED
+            if state.config.api_latency:
+                await asyncio.sleep(state.config.api_latency)
+            if bearer is not False:
+                _check_bearer(request, state, required=bearer is True)
+            return await handler(request)
+        except ApiError as exc:
+            return _json(exc.body, exc.status, exc.headers)
+
+    return wrapped
+
+
+def _check_bearer(request: web.Request, state: SandboxState, *, required: bool) -> None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if not auth:
+        if required:
+            raise _MISSING_TOKEN
+        return
+    info = state.access_token(token.strip()) if scheme.lower() == "bearer" else None
+    if info is None:
+        raise _BAD_TOKEN
+    request["grant"] = info.grant
+
+
+# --- OAuth ---
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return _json({"error": error, "error_description": description}, status)
+
+
+async def token(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    config = state.config
+    state.stats.token_requests += 1
+    form = await request.post()
+    fields = {k: str(v) for k, v in form.items()}
+    client_id = fields.get("client_id", "")
+    if not state.allow(client_id or "-"):
+        return _json(_THROTTLED.body, 429, _THROTTLED.headers)
+    if config.api_latency:
+        await asyncio.sleep(config.api_latency)
+    grant = fields.get("grant_type", "")
+    secret = fields.get("client_secret")
+    if client_id != config.api_key or (
+        secret != config.api_secret and (grant != "refresh_token" or secret is not None)
+    ):
+        return _oauth_error(401, "invalid_client", "Client authentication failed")
+    refresh: str | None = None
+    if grant == "client_credentials":
+        pass
+    elif grant == "password":
+        if fields.get("username") != config.username or fields.get("password") != config.password:
+            return _oauth_error(
+                400,
+                "unauthorized_client",
+                "The authorization grant or refresh token is invalid, expired, revoked or "
+                "issued to another client",
+            )
+        refresh = state.issue_refresh_token()
+    elif grant == "refresh_token":
+        refresh = fields.get("refresh_token", "")
+        if not state.refresh_token_valid(refresh):
+            return _oauth_error(400, "invalid_grant", "The refresh token is invalid or expired")
+    else:
+        return _oauth_error(400, "unsupported_grant_type", f"Unsupported grant_type {grant!r}")
+    body: dict[str, Any] = {
+        "access_token": state.issue_access_token(grant),
+        "token_type": "Bearer",
+        "expires_in": str(config.expires_in) if config.expires_in_as_string else config.expires_in,
+    }
+    if refresh is not None:
+        body["refresh_token"] = refresh
+    return _json(body)
+
+
+# --- query parsing ---
+
+
+def _bool(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise getty_error(400, "InvalidParameterValue", f"Field: {name}, value {raw!r} is not a bool")
+
+
+def _int(request: web.Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise getty_error(
+            400, "InvalidParameterValue", f"Field: {name}, Message: The value '{raw}' is not valid"
+        )
+    return int(raw)
+
+
+def _body(raw: bytes) -> dict[str, str | None]:
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise getty_error(400, "InvalidRequest", "The request body is not valid JSON") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(v, str | None) for v in data.values()):
+        raise getty_error(400, "InvalidRequest", "The request body must be an object of strings")
+    return {k: data.get(k) for k in ("project_code", "download_notes")}
+
+
+def _pick_product(state: SandboxState, product_type: str | None, product_id: int | None) -> Product:
+    config = state.config
+    if product_type is not None and product_type not in PRODUCT_TYPES:
+        raise getty_error(400, "InvalidParameterValue", f"Unknown product_type {product_type!r}")
+    if product_id is not None:
+        product = config.product_by_id(product_id)
+        if product is None or (product_type is not None and product.type != product_type):
+            raise getty_error(401, "ProductIdNotAvailableForUser", "Product id not available")
+        return product
+    wanted = product_type or config.default_product_type
+    matches = [p for p in config.products if p.type == wanted]
+    if not matches:
+        raise getty_error(403, "NoAccessToProductType", f"No access to product type {wanted}")
+    if len(matches) > 1:
+        raise getty_error(
+            400, "MissingRequiredQueryParameters", "product_id is required for this product_type"
+        )
+    return matches[0]
+
+
+def _variant(request: web.Request, asset_type: str) -> Variant:
+    if asset_type == "image":
+        height = _int(request, "height")
+        file_type = request.query.get("file_type") or None
+        if file_type is not None and file_type not in ("jpg", "eps"):
+            raise getty_error(400, "InvalidParameterValue", f"Unknown file_type {file_type!r}")
+        if height is not None and not 0 < height <= MAX_IMAGE_HEIGHT:
+            raise getty_error(404, "FileDownloadSizeNotFound", f"No download size {height}")
+        return Variant(height=height, file_type=file_type)
+    size = request.query.get("size") or None
+    if size is not None and size not in VIDEO_SIZES:
+        raise getty_error(404, "FileDownloadSizeNotFound", f"No download size {size!r}")
+    return Variant(size=size)
+
+
+def _not_found(asset_type: str, asset_id: str) -> ApiError:
+    code = "ImageNotFound" if asset_type == "image" else "VideoNotFound"
+    return getty_error(404, code, f"{asset_type.capitalize()} not found: {asset_id}")
+
+
+# --- downloads ---
+
+
+def _download_handler(asset_type: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await post_download(request, asset_type)
+
+    return handler
+
+
+async def post_download(request: web.Request, asset_type: str) -> web.StreamResponse:
+    state = _state(request)
+    asset_id = request.match_info["id"]
+    state.stats.post_requests[f"{asset_type}/{asset_id}"] += 1
+    auto = _bool(request, "auto_download", asset_type == "image")
+    _bool(request, "use_team_credits", False)
+    product_type = request.query.get("product_type") or None
+    product_id = _int(request, "product_id")
+    variant = _variant(request, asset_type)
+    body = _body(await request.read())
+    if asset_id in state.config.missing_ids:
+        raise _not_found(asset_type, asset_id)
+    if request.get("grant") == "client_credentials" and not (
+        state.config.client_credentials_can_download
+    ):
+        raise getty_error(401, "UserTokenRequired", "Security token must contain a user.")
+    product = _pick_product(state, product_type, product_id)
+    key = Asset(
+        asset_id,
+        "image" if asset_type == "image" else "video",
+        product_type=product_type,
+        product_id=product_id,
+        height=variant.height,
+        size=variant.size,
+        file_type=variant.file_type,
+    ).key
+    attempt = state.post_attempts[asset_id]
+    state.post_attempts[asset_id] += 1
+    faults = state.config.faults
+    if asset_id in faults.post_status:
+        status, times, spends = faults.post_status[asset_id]
+        if attempt < times:
+            if spends:
+                _charge(state, asset_type, asset_id, key, product, variant, body)
+            raise getty_error(status, "SystemError", "Injected server fault")
+    _charge(state, asset_type, asset_id, key, product, variant, body)
+    if asset_id in faults.post_hang and attempt == 0:
+        await asyncio.sleep(faults.post_hang[asset_id])
+    uri = _delivery_uri(request, state, asset_type, asset_id, variant)
+    if auto:
+        return web.Response(status=303, headers={"Location": uri})
+    return _json({"uri": uri})
+
+
+def _charge(
+    state: SandboxState,
+    asset_type: str,
+    asset_id: str,
+    key: str,
+    product: Product,
+    variant: Variant,
+    body: dict[str, str | None],
+) -> None:
+    repeat = any(s.key == key and s.product_id == product.id for s in state.ledger)
+    charged = state.config.spend_on_repeat or not repeat
+    if charged and state.remaining.get(product.id, 0) <= 0:
+        raise getty_error(
+            403, "OverageLimitReached", f"Download limit reached for product {product.id}"
+        )
+    if charged:
+        state.remaining[product.id] -= 1
+    size_name = variant.size or (str(variant.height) if variant.height else None)
+    state.ledger.append(
+        Spend(
+            asset_type,
+            asset_id,
+            key,
+            product.type,
+            product.id,
+            state.now(),
+            charged,
+            size_name,
+            body.get("project_code"),
+            body.get("download_notes"),
+        )
+    )
+
+
+def _delivery_uri(
+    request: web.Request, state: SandboxState, asset_type: str, asset_id: str, variant: Variant
+) -> str:
+    path = state.path_for(asset_type, asset_id, variant)
+    base = state.config.delivery_base or request.app[DELIVERY_KEY][0]
+    return f"{base.rstrip('/')}{path}?{state.signed_query(path)}"
+
+
+# --- products and history ---
+
+
+async def products(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    items = [
+        {
+            "id": p.id,
+            "type": p.type,
+            "name": p.name or p.type,
+            "status": p.status,
+            "agreement_name": p.agreement_name,
+            "application_website": None,
+            "download_limit": p.download_limit,
+            "downloads_remaining": state.remaining.get(p.id, 0),
+            "download_limit_duration": p.download_limit_duration,
+            "download_limit_reset_utc_date": p.download_limit_reset_utc_date,
+            "expiration_utc_date": None,
+            "credits_remaining": None,
+            "imagepack_resolution": None,
+            "team_credits": None,
+            "download_requirements": None,
+            "ai_gen_requirements": None,
+            "overage": None,
+        }
+        for p in state.config.products
+    ]
+    return _json({"products": items})
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_date(request: web.Request, name: str, *, use_time: bool, end: bool) -> float | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise getty_error(
+            400, "InvalidParameterValue", f"Field: {name}, bad date {raw!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    if not use_time:
+        parsed = parsed.replace(hour=0, minute=0, second=0, microsecond=0)
+        if end:
+            parsed += dt.timedelta(days=1)
+    return parsed.timestamp()
+
+
+def _history_item(state: SandboxState, spend: Spend) -> dict[str, Any]:
+    product = state.config.product_by_id(spend.product_id)
+    return {
+        "id": spend.id,
+        "asset_type": spend.asset_type,
+        "date_downloaded": _iso(spend.at),
+        "product_type": spend.product_type,
+        "product_id": spend.product_id,
+        "agreement_name": product.agreement_name if product else None,
+        "thumb_uri": None,
+        "download_details": {
+            "download_notes": spend.download_notes,
+            "project_code": spend.project_code,
+        },
+        "download_source": "api",
+        "size_name": spend.size_name,
+        "dimensions": None,
+        "license_model": "royaltyfree",
+        "user": {
+            "username": state.config.username,
+            "first_name": None,
+            "middle_name": None,
+            "last_name": None,
+        },
+        "generated_asset_id": None,
+    }
+
+
+async def downloads(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    use_time = _bool(request, "use_time", False)
+    _bool(request, "company_downloads", False)
+    page = _int(request, "page", 1) or 0
+    page_size = _int(request, "page_size", 30) or 0
+    if page < 1:
+        raise getty_error(400, "InvalidPage", "page must be at least 1")
+    if not 1 <= page_size <= 100:
+        raise getty_error(400, "InvalidPageSize", "page_size must be between 1 and 100")
+    window = 30 * 86_400.0
+    date_from = _parse_date(request, "date_from", use_time=use_time, end=False)
+    date_to = _parse_date(request, "date_to", use_time=use_time, end=True)
+    now = state.now()
+    if date_to is None:
+        date_to = now if date_from is None else min(now, date_from + window)
+    if date_from is None:
+        date_from = date_to - window
+    product_type = request.query.get("product_type") or None
+    matches = [
+        s
+        for s in reversed(state.ledger)
+        if date_from <= s.at < date_to and (product_type is None or s.product_type == product_type)
+    ]
+    chunk = matches[(page - 1) * page_size : page * page_size]
+    return _json(
+        {"result_count": len(matches), "downloads": [_history_item(state, s) for s in chunk]}
+    )
+
+
+def _asset_history_handler(asset_type: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state = _state(request)
+        asset_id = request.match_info["id"]
+        if asset_id in state.config.missing_ids:
+            raise _not_found(asset_type, asset_id)
+        _bool(request, "company_downloads", False)
+        items = []
+        for s in reversed(state.ledger):
+            if s.asset_type == asset_type and s.id == asset_id:
+                item = _history_item(state, s)
+                details = item.pop("download_details")
+                items.append({**item, **details})
+        return _json({"id": asset_id, "downloads": items})
+
+    return handler
+
+
+def _search_handler(asset_type: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state = _state(request)
+        page = _int(request, "page", 1) or 0
+        page_size = _int(request, "page_size", 30) or 0
+        if page < 1:
+            raise getty_error(400, "InvalidPage", "page must be at least 1")
+        if not 1 <= page_size <= 100:
+            raise getty_error(400, "InvalidPageSize", "page_size must be between 1 and 100")
+        fields = set(filter(None, request.query.get("fields", "").split(",")))
+        api_url = f"{request.scheme}://{request.host}"
+        total, items = search_items(
+            state.config,
+            asset_type,
+            request.query.get("phrase", ""),
+            page=page,
+            page_size=page_size,
+            largest_downloads="largest_downloads" in fields,
+            api_url=api_url,
+        )
+        return _json({"result_count": total, f"{asset_type}s": items})
+
+    return handler
+
+
+def _metadata_handler(asset_type: str) -> Handler:
+    """`GET /v3/images/{id}?fields=download_sizes`: estimated sizes, as Getty gives them."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state = _state(request)
+        asset_id = request.match_info["id"]
+        key = f"{asset_type}s"
+        if asset_id in state.config.missing_ids:
+            return _json({key: [], f"{key}_not_found": [asset_id]})
+        item: dict[str, Any] = {"id": asset_id}
+        fields = set(filter(None, request.query.get("fields", "").split(",")))
+        if "download_sizes" in fields:
+            item["download_sizes"] = _download_sizes(state, asset_type, asset_id)
+        return _json({key: [item], f"{key}_not_found": []})
+
+    return handler
+
+
+def _download_sizes(state: SandboxState, asset_type: str, asset_id: str) -> list[dict[str, Any]]:
+    if asset_type == "image":
+        out = []
+        for height in (592, 1024, 2048, 5120):
+            spec = state.spec(asset_type, asset_id, Variant(height=height), 0)
+            out.append(
+                {
+                    "name": str(height),
+                    "media_type": "image/jpeg",
+                    "bytes": spec.length * 97 // 100,
+                    "width": height * 3 // 2,
+                    "height": height,
+                    "dpi": 300,
+                }
+            )
+        return out
+    return [
+        {
+            "name": size,
+            "content_type": "video/mp4",
+            "bytes": state.spec(asset_type, asset_id, Variant(size=size), 0).length * 97 // 100,
+        }
+        for size in sorted(VIDEO_SIZES)
+    ]
+
+
+# --- control surface ---
+
+
+async def control_state(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    body = state.stats.as_json()
+    body["spends"] = dict(state.spends_by_asset())
+    body["remaining"] = {str(k): v for k, v in state.remaining.items()}
+    return _json(body)
+
+
+async def control_reset_quota(request: web.Request) -> web.StreamResponse:
+    _state(request).reset_quota()
+    return _json({"ok": True})
+
+
+def build_api_app(state: SandboxState, delivery_urls: list[str]) -> web.Application:
+    """The API origin; `delivery_urls` is filled in once the delivery servers are bound."""
+    app = web.Application(client_max_size=2**20)
+    app[STATE_KEY] = state
+    app[DELIVERY_KEY] = delivery_urls
+
+    def add(method: str, path: str, handler: Handler, bearer: bool | None) -> None:
+        app.router.add_route(method, path, _gateway(handler, bearer=bearer))
+
+    app.router.add_post("/oauth2/token", token)
+    for asset_type in ("image", "video"):
+        plural = f"{asset_type}s"
+        add("POST", f"/v3/downloads/{plural}/{{id}}", _download_handler(asset_type), True)
+        add("GET", f"/v3/{plural}/{{id}}/downloadhistory", _asset_history_handler(asset_type), True)
+        add("GET", f"/v3/search/{plural}", _search_handler(asset_type), None)
+        add("GET", f"/v3/{plural}/{{id}}", _metadata_handler(asset_type), None)
+    add("GET", "/v3/products", products, True)
+    add("GET", "/v3/downloads", downloads, True)
+    app.router.add_get("/__sandbox__/state", control_state)
+    app.router.add_post("/__sandbox__/reset_quota", control_reset_quota)
+    return app

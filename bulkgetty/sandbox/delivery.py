@@ -1,0 +1,264 @@
+"""The delivery origins: signed, self-authenticating file URIs with Range support and faults.
+
+Two origins share one handler; redirect faults bounce between them. Requests carry no Getty
+credentials, and every request is recorded so a test can prove that none leaked here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .content import FileSpec, parse_file_path
+from .state import RecordedRequest, SandboxState
+
+__all__ = ("build_delivery_app",)
+
+STATE_KEY: web.AppKey[SandboxState] = web.AppKey("state", SandboxState)
+ORIGINS_KEY: web.AppKey[list[str]] = web.AppKey("origins", list)
+INDEX_KEY: web.AppKey[int] = web.AppKey("index", int)
+
+#: Write size when no bandwidth cap applies: big writes keep the server off the profile.
+WRITE_CHUNK = 2**20
+
+
+def _xml_error(status: int, code: str, message: str) -> web.Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        "<RequestId>SANDBOX</RequestId></Error>"
+    )
+    return web.Response(status=status, text=body, content_type="application/xml")
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    start: int
+    end: int  # exclusive
+
+
+def parse_range(header: str, length: int) -> _Range | bool | None:
+    """A single byte range; None to ignore the header, False if unsatisfiable."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()):
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or length == 0:
+            return False
+        return _Range(max(0, length - suffix), length)
+    start = int(first)
+    if last and not last.isdigit():
+        return None
+    end = min(length, int(last) + 1) if last else length
+    if last and int(last) < start:
+        return None
+    if start >= length:
+        return False
+    return _Range(start, end)
+
+
+def _if_range_ok(value: str | None, spec: FileSpec) -> bool:
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith(('"', "W/")):
+        return value == spec.etag
+    parsed = email.utils.parsedate_to_datetime(value) if value else None
+    return parsed is not None and int(parsed.timestamp()) == int(spec.last_modified)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    origins = request.app[ORIGINS_KEY]
+    index = request.app[INDEX_KEY]
+    config = state.config
+    path = request.rel_url.raw_path
+    if config.record_delivery:
+        state.stats.delivery_requests.append(
+            RecordedRequest(origins[index], request.method, path, dict(request.headers))
+        )
+    if config.delivery_latency:
+        await asyncio.sleep(config.delivery_latency)
+    parsed = parse_file_path(path)
+    if parsed is None:
+        return _xml_error(404, "NoSuchKey", "The specified key does not exist.")
+    asset_type, asset_id, variant = parsed
+    exp = request.query.get("exp", "")
+    if not state.signature_ok(path, exp, request.query.get("sig", "")):
+        return _xml_error(403, "AccessDenied", "Access Denied")
+    faults = config.faults
+    if asset_id in faults.expired or int(exp) <= state.now():
+        return _xml_error(403, "AccessDenied", "Request has expired")
+    redirect = _redirect(request, state, asset_id, origins, index)
+    if redirect is not None:
+        return redirect
+    attempt = state.get_attempts[asset_id]
+    if request.method != "HEAD":
+        state.get_attempts[asset_id] += 1
+    spec = state.spec(asset_type, asset_id, variant, state.generation(asset_id, attempt))
+    return await _serve(request, state, spec, attempt)
+
+
+def _redirect(
+    request: web.Request, state: SandboxState, asset_id: str, origins: list[str], index: int
+) -> web.StreamResponse | None:
+    faults = state.config.faults
+    hop = request.query.get("hop")
+    signed = f"exp={request.query['exp']}&sig={request.query['sig']}"
+    path = request.rel_url.raw_path
+    other = origins[1 - index]
+    if asset_id in faults.redirect_loop:
+        return web.Response(status=302, headers={"Location": f"{other}{path}?{signed}&hop=0"})
+    if hop is None and asset_id in faults.redirect_to:
+        target = faults.redirect_to[asset_id].replace("{path}", f"{path}?{signed}&hop=done")
+        return web.Response(status=302, headers={"Location": target})
+    codes = faults.redirects.get(asset_id, ())
+    step = int(hop) if hop is not None and hop.isdigit() else (0 if hop is None else len(codes))
+    if step < len(codes):
+        location = f"{other}{path}?{signed}&hop={step + 1}"
+        return web.Response(status=codes[step], headers={"Location": location})
+    return None
+
+
+async def _serve(
+    request: web.Request, state: SandboxState, spec: FileSpec, attempt: int
+) -> web.StreamResponse:
+    config = state.config
+    faults = config.faults
+    asset_id = spec.id
+    random_fault = _random_fault(state, asset_id, attempt)
+    status_fault = faults.status.get(asset_id)
+    if (status_fault and attempt < status_fault[1]) or random_fault == "status":
+        code = status_fault[0] if status_fault and attempt < status_fault[1] else 503
+        return _xml_error(code, "ServiceUnavailable", "Injected delivery fault")
+    if attempt < faults.html_error.get(asset_id, 0) or random_fault == "html_error":
+        html = "<!DOCTYPE html><html><body><h1>Service error</h1></body></html>"
+        return web.Response(text=html, content_type="text/html")
+
+    length = spec.length
+    headers = {
+        "Content-Type": spec.content_type,
+        "ETag": spec.etag,
+        "Last-Modified": email.utils.formatdate(spec.last_modified, usegmt=True),
+        "Accept-Ranges": "bytes",
+    }
+    if asset_id in faults.disposition:
+        headers["Content-Disposition"] = faults.disposition[asset_id]
+    elif asset_id not in faults.no_disposition:
+        headers["Content-Disposition"] = f"attachment; filename={quote(spec.filename, safe='-.')}"
+
+    status, start, end = 200, 0, length
+    range_header = request.headers.get("Range")
+    if range_header is not None and attempt >= faults.ignore_range.get(asset_id, 0):
+        parsed = parse_range(range_header, length)
+        if parsed is False:
+            headers["Content-Range"] = f"bytes */{length}"
+            return web.Response(status=416, headers=headers)
+        if isinstance(parsed, _Range) and _if_range_ok(request.headers.get("If-Range"), spec):
+            status, start, end = 206, parsed.start, parsed.end
+            claimed = start
+            if attempt < faults.wrong_content_range.get(asset_id, 0):
+                claimed = start + 1 if end < length else max(0, start - 1)
+            headers["Content-Range"] = f"bytes {claimed}-{claimed + end - start - 1}/{length}"
+
+    response = web.StreamResponse(status=status, headers=headers)
+    delta = faults.length_mismatch.get(asset_id, 0)
+    if asset_id in faults.chunked:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = max(0, end - start + delta)
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+
+    cut: int | None = None
+    close_fault = faults.close_after.get(asset_id)
+    if close_fault and attempt < close_fault[1]:
+        cut = close_fault[0]
+    elif random_fault == "close_after":
+        cut = (end - start) // 2
+    if delta > 0:
+        cut = end - start if cut is None else cut
+    stall = faults.stall_after.get(asset_id)
+    stall_at: int | None = None
+    stall_for = 0.0
+    if stall and attempt < stall[2]:
+        stall_at, stall_for = stall[0], stall[1]
+
+    sent = await _write_body(
+        request, response, spec, start, end, config.bandwidth, cut, stall_at, stall_for
+    )
+    transport = request.transport
+    if cut is not None and sent >= min(cut, end - start):
+        if transport is not None:
+            transport.close()
+        return response
+    if delta < 0 and transport is not None:
+        # aiohttp trims writes to Content-Length; push the surplus past it, then hang up.
+        for chunk in spec.slices(end + delta, end):
+            transport.write(bytes(chunk))
+        transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _write_body(
+    request: web.Request,
+    response: web.StreamResponse,
+    spec: FileSpec,
+    start: int,
+    end: int,
+    bandwidth: int | None,
+    cut: int | None,
+    stall_at: int | None,
+    stall_for: float,
+) -> int:
+    """Write [start, end) honouring a cut-off, one stall and the bandwidth cap; bytes sent."""
+    limit = end if cut is None else min(end, start + cut)
+    piece = WRITE_CHUNK if bandwidth is None else max(1024, min(WRITE_CHUNK, bandwidth // 10))
+    pos = start
+    stalled = stall_at is None
+    while pos < limit:
+        stop = min(limit, pos + piece)
+        if not stalled and stall_at is not None and start + stall_at < stop:
+            stop = max(pos, start + stall_at)
+            if stop == pos:
+                await asyncio.sleep(stall_for)
+                stalled = True
+                continue
+        for chunk in spec.slices(pos, stop):
+            await response.write(chunk)
+        if bandwidth:
+            await asyncio.sleep((stop - pos) / bandwidth)
+        pos = stop
+    return pos - start
+
+
+def _random_fault(state: SandboxState, asset_id: str, attempt: int) -> str | None:
+    faults = state.config.faults
+    if faults.fault_rate <= 0 or not faults.fault_kinds:
+        return None
+    rng = random.Random(f"{state.config.seed}|{asset_id}|{attempt}")
+    if rng.random() >= faults.fault_rate:
+        return None
+    return rng.choice(faults.fault_kinds)
+
+
+def build_delivery_app(state: SandboxState, origins: list[str], index: int) -> web.Application:
+    """Delivery origin number `index`; `origins` is filled in once both are bound."""
+    app = web.Application()
+    app[STATE_KEY] = state
+    app[ORIGINS_KEY] = origins
+    app[INDEX_KEY] = index
+    app.router.add_get("/{tail:.*}", handle)
+    return app
