@@ -1,0 +1,7 @@
+"""`python -m bulkgetty`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""Run options as one frozen record. The environment is read by the CLI only, never here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+__all__ = ("DEFAULT_API_RATE", "DEFAULT_API_URL", "RunOptions")
+
+DEFAULT_API_URL = "https://api.gettyimages.com"
+#: Getty's per-key limits are low (single-digit queries per second on default contracts).
+DEFAULT_API_RATE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What a run does; every field has the default `bulkgetty run` uses."""
+
+    out_dir: Path
+    #: Delivery streams in flight at once.
+    concurrency: int = 8
+    #: Hard cap on downloads this run may spend (None: only the account's limit).
+    max_downloads: int | None = None
+    #: Use the 303 flow (`auto_download=true`) instead of `200 {"uri"}`.
+    auto_download: bool = False
+    #: API queries per second (token, POST, history); Getty's per-key limits are low.
+    #: None: unlimited (the sandbox, a contract with a high limit).
+    api_rate: float | None = DEFAULT_API_RATE
+    #: Ranges per large file; 1 turns segmenting off.
+    segments: int = 4
+    #: Files at least this large are segmented.
+    segment_threshold: int = 64 * 2**20
+    #: Allow spending another download for an asset whose URI expired or was lost.
+    reacquire_expired: bool = False
+    #: Seconds without a byte before a transfer counts as stalled.
+    stall_timeout: float = 60.0
+    connect_timeout: float = 30.0
+    #: Where the JSONL report goes (default: DIR/.bulkgetty/report.jsonl).
+    report_path: Path | None = None
+    #: fsync data before the rename that makes a file visible (and the folder after).
+    durable: bool = True
+    #: How many acquired-but-not-yet-transferring assets may wait (URIs expire; spend
+    #: should not run far ahead of the bytes). Default: the concurrency.
+    acquire_ahead: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise UsageError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.max_downloads is not None and self.max_downloads < 0:
+            raise UsageError(f"--max-downloads must be 0 or more, got {self.max_downloads}")
+        if self.api_rate is not None and self.api_rate <= 0:
+            raise UsageError(f"--api-rate must be more than 0, got {self.api_rate}")
+        if self.segments < 1:
+            raise UsageError(f"--segments must be at least 1, got {self.segments}")
+        if self.stall_timeout <= 0:
+            raise UsageError(f"--stall-timeout must be more than 0, got {self.stall_timeout}")
+
+    @property
+    def window(self) -> int:
+        return self.acquire_ahead or self.concurrency
+
+    @property
+    def report(self) -> Path:
+        return self.report_path or self.out_dir / ".bulkgetty" / "report.jsonl"

@@ -1,0 +1,492 @@
+r"""The run: manifest rows in, files, journal and report out.
+
+Stages run as tasks joined by bounded memory streams, so a million-row manifest flows at flat
+memory and acquiring runs only a bounded window ahead of transferring (URIs expire, and spend
+should not run far ahead of the bytes):
+
+    rows --plan--> [acquire stream] --acquire x N--> [transfer stream] --transfer x N--> report
+                \______________ already acquired, URI still valid ____/
+
+The planner reads the journal for each batch of rows and decides (plan.py) what each needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, final
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .acquire import Acquirer, Budget
+from .api import DownloadGrant, GettyClient
+from .assets import Asset
+from .auth import Credentials, TokenProvider
+from .config import DEFAULT_API_URL, RunOptions
+from .errors import AuthenticationError, BulkGettyError, UriExpiredError, UsageError
+from .events import (
+    AssetDone,
+    AssetFailed,
+    AssetWaiting,
+    Event,
+    Progress,
+    RunFinished,
+    RunStarted,
+)
+from .files import OutputDir
+from .http import Timeouts, check_url_scheme, new_session
+from .journal import AssetState, AsyncJournal, Record
+from .plan import Action, decide, reacquire_message
+from .ratelimit import RateLimiter
+from .report import Outcome, Redactor, ReportWriter, RunSummary, Status
+from .retry import RetryPolicy, with_retries
+from .transfer import TransferOptions, TransferResult, TransferState, transfer
+
+__all__ = ("Downloader", "RunResult", "run")
+
+PLAN_BATCH: Final = 500
+#: Progress events and journal progress flushes happen at most this often.
+TICK: Final = 0.5
+
+Rows = Iterable[Asset] | AsyncIterable[Asset]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a run did: the summary, where its report is, and its exit status."""
+
+    summary: RunSummary
+    report_path: Path
+    exit_code: int
+
+
+@dataclass(slots=True)
+class _Work:
+    record: Record
+    uri: str
+
+
+@final
+class Downloader:
+    """Download manifest rows into a folder, within quota, resumably.
+
+        async with Downloader(credentials, RunOptions(out_dir=Path("out"))) as d:
+            result = await d.run(assets)
+
+    Runs in the caller's event loop. Cancelling `run()` leaves transfers resumable and the
+    journal consistent; no task outlives the `async with` block.
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        options: RunOptions,
+        *,
+        api_url: str = DEFAULT_API_URL,
+        policy: RetryPolicy | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        check_url_scheme(api_url, what="the API URL")
+        self.credentials = credentials
+        self.options = options
+        self.api_url = api_url.rstrip("/")
+        self.policy = policy or RetryPolicy()
+        self._listeners: list[Callable[[Event], None]] = [on_event] if on_event else []
+        self._stack = AsyncExitStack()
+        self._journal: AsyncJournal | None = None
+        self.redact = Redactor(credentials.secrets())
+
+    # lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Downloader:
+        opts = self.options
+        try:
+            self.out = await asyncio.to_thread(OutputDir, opts.out_dir)
+        except OSError as exc:
+            raise UsageError(f"cannot use output folder {opts.out_dir}: {exc.strerror}") from exc
+        self._journal = await AsyncJournal.open(Path(self.out.path))
+        self._stack.push_async_callback(self._journal.close)
+        timeouts = Timeouts(connect=opts.connect_timeout, stall=opts.stall_timeout)
+        self.api_session = await self._stack.enter_async_context(new_session(timeouts))
+        self.delivery_session = await self._stack.enter_async_context(
+            new_session(timeouts, limit=max(opts.concurrency * opts.segments, 10))
+        )
+        self.limiter = RateLimiter(opts.api_rate)
+        self.tokens = TokenProvider(
+            self.api_session,
+            self.api_url,
+            self.credentials,
+            limiter=self.limiter,
+            policy=self.policy,
+        )
+        self.client = GettyClient(
+            self.api_session,
+            self.api_url,
+            self.tokens,
+            limiter=self.limiter,
+            policy=self.policy,
+            auto_download=opts.auto_download,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    @property
+    def journal(self) -> AsyncJournal:
+        if self._journal is None:
+            raise RuntimeError("use `async with Downloader(...)` before run()")
+        return self._journal
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    async def events(self, rows: Rows, *, manifest: str = "<api>") -> AsyncIterator[Event]:
+        """Run, yielding every event as it happens; the last one is RunFinished."""
+        send, recv = anyio.create_memory_object_stream[Event](10_000)
+
+        def forward(event: Event) -> None:
+            try:
+                send.send_nowait(event)
+            except anyio.WouldBlock:
+                if not isinstance(event, Progress):
+                    raise
+
+        self._listeners.append(forward)
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def drive() -> None:
+                    async with send:
+                        await self.run(rows, manifest=manifest)
+
+                tg.start_soon(drive)
+                async with recv:
+                    async for event in recv:
+                        yield event
+        finally:
+            self._listeners.remove(forward)
+
+    def _emit(self, event: Event) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+    # the run ---------------------------------------------------------------------------
+
+    async def run(self, rows: Rows, *, manifest: str = "<api>") -> RunResult:
+        """Download every asset in `rows`; the same rows again resume and spend nothing twice."""
+        j = self.journal
+        run_id = await j.call(j.journal.begin_run, manifest)
+        self.summary = RunSummary()
+        self.report = ReportWriter(self.options.report, Path(self.out.path), self.redact)
+        self.budget = Budget(self.options.max_downloads)
+        self.acquirer = Acquirer(self.client, j, self.budget, self.policy, self._emit)
+        self._seen = 0
+        self._bytes_moved = 0
+        self._fatal: BulkGettyError | None = None
+        self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
+        try:
+            await self._pipeline(rows, run_id)
+        finally:
+            self.report.close()
+            await j.flush()
+        self.summary.spends = self.acquirer.spends
+        self.summary.wall = time.monotonic() - self.summary.started
+        code = self._exit_code()
+        await j.call(j.journal.finish_run, run_id, spends=self.summary.spends, exit_code=code)
+        s = self.summary
+        self._emit(
+            RunFinished(
+                downloaded=s.downloaded,
+                already_done=s.already_done,
+                failed=s.failed,
+                waiting_for_quota=s.waiting_for_quota,
+                bytes=s.bytes,
+                spends=s.spends,
+                wall=s.wall,
+                exit_code=code,
+            )
+        )
+        if self._fatal is not None and self.summary.spends == 0:
+            raise self._fatal
+        return RunResult(self.summary, self.report.path, code)
+
+    def _exit_code(self) -> int:
+        if self._fatal is not None:
+            return self._fatal.exit_code if self.summary.spends == 0 else 1
+        return self.summary.exit_code
+
+    async def _pipeline(self, rows: Rows, run_id: int) -> None:
+        window = self.options.window
+        acq_send, acq_recv = anyio.create_memory_object_stream[Record](window)
+        xfer_send, xfer_recv = anyio.create_memory_object_stream[_Work](window)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._ticker)
+            async with anyio.create_task_group() as tg:
+                self._stages = tg
+                tg.start_soon(self._plan, rows, run_id, acq_send, xfer_send.clone())
+                for _ in range(self.options.concurrency):
+                    tg.start_soon(self._acquire_worker, acq_recv.clone(), xfer_send.clone())
+                    tg.start_soon(self._transfer_worker, xfer_recv.clone())
+                acq_recv.close()
+                xfer_send.close()
+                xfer_recv.close()
+            outer.cancel_scope.cancel()
+
+    async def _ticker(self) -> None:
+        """Flush batched journal progress and emit progress events at a bounded rate."""
+        while True:
+            await anyio.sleep(TICK)
+            await self.journal.flush()
+            s = self.summary
+            self._emit(
+                Progress(
+                    files_done=s.assets,
+                    files_total_seen=self._seen,
+                    bytes_done=self._bytes_moved,
+                    spends=self.acquirer.spends,
+                )
+            )
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.summary.count(outcome)
+        row = self.report.write(outcome)
+        a = outcome.asset
+        if outcome.status is Status.FAILED:
+            self._emit(AssetFailed(id=a.id, asset_type=a.asset_type, error=row.error or ""))
+        elif outcome.status is Status.WAITING_FOR_QUOTA:
+            self._emit(AssetWaiting(id=a.id, asset_type=a.asset_type, error=row.error or ""))
+        else:
+            self._emit(
+                AssetDone(
+                    id=a.id,
+                    asset_type=a.asset_type,
+                    status=outcome.status.value,
+                    path=row.path,
+                    bytes=outcome.size,
+                    sha256=outcome.sha256,
+                )
+            )
+
+    def _abort(self, error: BulkGettyError) -> None:
+        """A fatal error (credentials refused): stop every stage, keep what is done."""
+        if self._fatal is None:
+            self._fatal = error
+        self._stages.cancel_scope.cancel()
+
+    # stage: plan -----------------------------------------------------------------------
+
+    async def _plan(
+        self,
+        rows: Rows,
+        run_id: int,
+        acq: MemoryObjectSendStream[Record],
+        xfer: MemoryObjectSendStream[_Work],
+    ) -> None:
+        seen: set[bytes] = set()
+        async with acq, xfer:
+            batch: list[Asset] = []
+            async for asset in _aiter(rows):
+                digest = asset.digest
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                batch.append(asset)
+                if len(batch) >= PLAN_BATCH:
+                    await self._plan_batch(batch, run_id, acq, xfer)
+                    batch = []
+            if batch:
+                await self._plan_batch(batch, run_id, acq, xfer)
+
+    async def _plan_batch(
+        self,
+        batch: list[Asset],
+        run_id: int,
+        acq: MemoryObjectSendStream[Record],
+        xfer: MemoryObjectSendStream[_Work],
+    ) -> None:
+        j = self.journal
+        records = await j.call(j.journal.upsert, batch, run_id)
+        self._seen += len(records)
+        now = time.time()
+        out_dir = Path(self.out.path)
+        reacquire = self.options.reacquire_expired
+        decisions = await asyncio.to_thread(
+            lambda: [
+                decide(r, now=now, out_dir=out_dir, reacquire_expired=reacquire) for r in records
+            ]
+        )
+        for record, decision in zip(records, decisions, strict=True):
+            if decision.action is Action.ALREADY_DONE:
+                self._finish(
+                    Outcome(
+                        record.asset,
+                        Status.ALREADY_DONE,
+                        path=record.path,
+                        size=record.bytes,
+                        sha256=record.sha256,
+                    )
+                )
+            elif decision.action is Action.TRANSFER:
+                assert record.uri is not None
+                await xfer.send(_Work(record, record.uri))
+            elif decision.action is Action.FAIL:
+                await j.call(j.journal.record_failed, record.key, decision.reason)
+                self._finish(Outcome(record.asset, Status.FAILED, error=decision.reason))
+            else:
+                await acq.send(record)
+
+    # stage: acquire --------------------------------------------------------------------
+
+    async def _acquire_worker(
+        self, inbox: MemoryObjectReceiveStream[Record], xfer: MemoryObjectSendStream[_Work]
+    ) -> None:
+        async with inbox, xfer:
+            async for record in inbox:
+                result = await self._buy(record)
+                if isinstance(result, Outcome):
+                    self._finish(result)
+                elif result is not None:
+                    await xfer.send(_Work(record, result.uri))
+
+    async def _buy(self, record: Record, *, resolve: bool = True) -> DownloadGrant | Outcome | None:
+        """Resolve any doubt, then POST; None when the run is being aborted."""
+        try:
+            in_doubt = record.state in (AssetState.INTENT, AssetState.IN_DOUBT)
+            if (
+                resolve
+                and in_doubt
+                and await self.acquirer.resolve_doubt(record)
+                and not self.options.reacquire_expired
+            ):
+                why = "an earlier run's download was charged but its URI was lost"
+                return Outcome(record.asset, Status.FAILED, error=reacquire_message(why))
+            return await self.acquirer.acquire(record)
+        except AuthenticationError as exc:
+            self._abort(exc)
+            return None
+        except BulkGettyError as exc:
+            msg = f"in doubt: the download history could not be checked ({exc}); run again"
+            return Outcome(record.asset, Status.FAILED, error=msg)
+
+    # stage: transfer -------------------------------------------------------------------
+
+    async def _transfer_worker(self, inbox: MemoryObjectReceiveStream[_Work]) -> None:
+        async with inbox:
+            async for work in inbox:
+                self._finish(await self._transfer(work))
+
+    async def _transfer(self, work: _Work) -> Outcome:
+        """Attempts of one asset's transfer, resuming from the last recorded state each time."""
+        record, uri = work.record, work.uri
+        asset = record.asset
+        j = self.journal
+        state = TransferState.from_json(record.transfer) if record.transfer else None
+        options = TransferOptions(
+            segments=self.options.segments,
+            segment_threshold=self.options.segment_threshold,
+            durable=self.options.durable,
+        )
+
+        def on_state(new: TransferState) -> None:
+            nonlocal state
+            state = new
+            j.stage_progress(record.key, new.to_json())
+
+        def on_progress(n: int) -> None:
+            self._bytes_moved += n
+
+        async def attempt() -> TransferResult:
+            return await transfer(
+                self.delivery_session,
+                uri,
+                out=self.out,
+                owner=record.key,
+                asset_id=asset.id,
+                state=state,
+                options=options,
+                on_state=on_state,
+                on_progress=on_progress,
+            )
+
+        reacquired = False
+        while True:
+            try:
+                result = await with_retries(self.policy, attempt)
+                break
+            except UriExpiredError as exc:
+                if reacquired:  # bought again and refused again: do not spend a third time
+                    return await self._fail(record, f"the new delivery URI was refused too ({exc})")
+                reacquired = True
+                regrant = await self._reacquire(record, exc)
+                if isinstance(regrant, Outcome):
+                    return regrant
+                uri = regrant.uri
+            except BulkGettyError as exc:
+                return await self._fail(record, str(exc))
+        j.drop_progress(record.key)
+        await j.call(
+            j.journal.record_done,
+            record.key,
+            path=result.name,
+            size=result.bytes,
+            sha256=result.sha256,
+        )
+        self.out.release(record.key)
+        return Outcome(
+            asset, Status.DOWNLOADED, path=result.name, size=result.bytes, sha256=result.sha256
+        )
+
+    async def _fail(self, record: Record, error: str) -> Outcome:
+        """Keep the .part and its state for the next run, and say why in journal and report."""
+        j = self.journal
+        await j.flush()
+        await j.call(j.journal.record_failed, record.key, error)
+        self.out.release(record.key)
+        return Outcome(record.asset, Status.FAILED, error=error)
+
+    async def _reacquire(self, record: Record, exc: UriExpiredError) -> DownloadGrant | Outcome:
+        """The URI died before the file was whole: buy again only when the user allowed it."""
+        if not self.options.reacquire_expired:
+            why = f"the delivery URI was refused as expired ({exc})"
+            return await self._fail(record, reacquire_message(why))
+        await self.journal.flush()
+        result = await self._buy(record, resolve=False)
+        if result is None:
+            return Outcome(record.asset, Status.FAILED, error="run aborted")
+        return result
+
+
+async def _aiter(rows: Rows) -> AsyncIterator[Asset]:
+    if isinstance(rows, AsyncIterable):
+        async for row in rows:
+            yield row
+    else:
+        for i, row in enumerate(rows):
+            yield row
+            if i % 256 == 255:
+                await asyncio.sleep(0)  # a huge in-memory list must not starve the workers
+
+
+async def run(
+    rows: Rows,
+    credentials: Credentials,
+    options: RunOptions,
+    *,
+    api_url: str = DEFAULT_API_URL,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
+    """One call for the common case: open a Downloader, run the rows, close it."""
+    async with Downloader(credentials, options, api_url=api_url, on_event=on_event) as d:
+        return await d.run(rows)

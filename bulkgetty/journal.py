@@ -1,0 +1,413 @@
+"""The journal: what has been bought, where its bytes are, and what is done. The only module
+that touches the database.
+
+SQLite in WAL mode with `synchronous=FULL`: an acquisition (intent before the POST, the URI
+the moment it arrives) is committed before anything else happens to the asset, so a kill -9 or
+a power cut can never make us forget that a download was spent. Progress is batched by the
+caller (`AsyncJournal.stage_progress`), so the journal is never the bottleneck.
+
+All access goes through one thread (`AsyncJournal`), as aiosqlite does: sqlite3 objects are
+not shared across threads and writes are serialised for free. A lock file refuses a second run
+on the same folder while this one lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final, ParamSpec, TypeVar
+
+import orjson
+
+from .assets import Asset
+from .errors import JournalError
+
+__all__ = ("STATE_DIR", "AssetState", "AsyncJournal", "Journal", "Record", "RunTotals")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+#: Everything bulkgetty keeps besides finished files lives here, inside the output folder.
+STATE_DIR: Final = ".bulkgetty"
+SCHEMA_VERSION: Final = 1
+
+
+class AssetState(StrEnum):
+    """Where one asset stands. `intent` and `in_doubt` are the states money hides in."""
+
+    PENDING = "pending"
+    #: The POST is about to be (or was) sent; no answer recorded yet.
+    INTENT = "intent"
+    #: The POST may have spent, but no URI came back (5xx, timeout, lost connection).
+    IN_DOUBT = "in_doubt"
+    #: A delivery URI is known (with its expiry); bytes may be partly on disk.
+    ACQUIRED = "acquired"
+    DONE = "done"
+    FAILED = "failed"
+    WAITING_FOR_QUOTA = "waiting_for_quota"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One asset's row, as read back from the journal."""
+
+    key: str
+    asset: Asset
+    state: AssetState
+    uri: str | None = None
+    uri_expires: float | None = None
+    transfer: bytes | None = None
+    path: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+    #: Downloads known to be spent on this asset, over all runs.
+    spends: int = 0
+    attempts: int = 0
+    intent_at: float | None = None
+    acquired_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunTotals:
+    """Counts per state over the assets of one run (or all runs), for `status` and reports."""
+
+    by_state: dict[str, int]
+    spends: int
+    bytes_done: int
+    in_doubt: int
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL,
+    finished REAL,
+    manifest TEXT NOT NULL,
+    spends INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER
+);
+CREATE TABLE IF NOT EXISTS assets (
+    key TEXT PRIMARY KEY,
+    asset BLOB NOT NULL,
+    state TEXT NOT NULL,
+    uri TEXT,
+    uri_expires REAL,
+    transfer BLOB,
+    path TEXT,
+    bytes INTEGER,
+    sha256 TEXT,
+    error TEXT,
+    spends INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    intent_at REAL,
+    acquired_at REAL,
+    done_at REAL,
+    run_id INTEGER,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS assets_run ON assets (run_id);
+"""
+
+_COLUMNS = (
+    "key, asset, state, uri, uri_expires, transfer, path, bytes, sha256, error, spends, "
+    "attempts, intent_at, acquired_at"
+)
+
+
+def _asset_to_json(asset: Asset) -> bytes:
+    return orjson.dumps({k: getattr(asset, k) for k in Asset.__slots__ if getattr(asset, k)})
+
+
+def _asset_from_json(data: bytes) -> Asset:
+    return Asset(**orjson.loads(data))
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(
+        key=row[0],
+        asset=_asset_from_json(row[1]),
+        state=AssetState(row[2]),
+        uri=row[3],
+        uri_expires=row[4],
+        transfer=row[5],
+        path=row[6],
+        bytes=row[7],
+        sha256=row[8],
+        error=row[9],
+        spends=row[10],
+        attempts=row[11],
+        intent_at=row[12],
+        acquired_at=row[13],
+    )
+
+
+class Journal:
+    """Synchronous journal over sqlite3; use it from one thread (AsyncJournal does)."""
+
+    def __init__(self, out_dir: Path, *, lock: bool = True, read_only: bool = False) -> None:
+        self.state_dir = out_dir / STATE_DIR
+        self.path = self.state_dir / "journal.sqlite"
+        self._lock_fd: int | None = None
+        if read_only:
+            if not self.path.exists():
+                raise JournalError(f"no bulkgetty journal in {out_dir}")
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if lock:
+            self._lock_fd = self._take_lock(out_dir)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def _take_lock(self, out_dir: Path) -> int:
+        """Hold an exclusive lock for the life of the run; a second run fails at once."""
+        lock_path = self.state_dir / "lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise JournalError(
+                f"another bulkgetty run (pid {holder}) is using {out_dir}; "
+                "wait for it to finish or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def close(self) -> None:
+        self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # runs ------------------------------------------------------------------------------
+
+    def begin_run(self, manifest: str) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO runs (started, manifest) VALUES (?, ?)", (time.time(), manifest)
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def finish_run(self, run_id: int, *, spends: int, exit_code: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET finished = ?, spends = ?, exit_code = ? WHERE id = ?",
+                (time.time(), spends, exit_code, run_id),
+            )
+
+    # assets ----------------------------------------------------------------------------
+
+    def upsert(self, assets: Iterable[Asset], run_id: int) -> list[Record]:
+        """Register the manifest's assets for this run and return their journal records.
+
+        An asset seen in an earlier run keeps everything it had (URI, bytes, spends): that is
+        what makes a rerun spend nothing twice.
+        """
+        now = time.time()
+        rows = [(a.key, _asset_to_json(a), now, run_id) for a in assets]
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO assets (key, asset, state, updated, run_id) "
+                "VALUES (?, ?, 'pending', ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET run_id = excluded.run_id",
+                rows,
+            )
+        keys = [r[0] for r in rows]
+        found = {rec.key: rec for rec in self.get_many(keys)}
+        return [found[k] for k in keys]
+
+    def get_many(self, keys: Sequence[str]) -> list[Record]:
+        out: list[Record] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            cur = self._db.execute(f"SELECT {_COLUMNS} FROM assets WHERE key IN ({marks})", chunk)
+            out.extend(_record(row) for row in cur)
+        return out
+
+    def get(self, key: str) -> Record | None:
+        found = self.get_many([key])
+        return found[0] if found else None
+
+    def record_intent(self, key: str) -> None:
+        """Committed before the POST leaves: after a crash, an intent means "maybe spent"."""
+        self._update(
+            key,
+            "state = 'intent', intent_at = ?, attempts = attempts + 1, error = NULL",
+            (time.time(),),
+        )
+
+    def record_acquired(self, key: str, uri: str, expires: float) -> None:
+        """The POST answered: one download spent, its URI kept so it is never bought again."""
+        self._update(
+            key,
+            "state = 'acquired', uri = ?, uri_expires = ?, acquired_at = ?, spends = spends + 1, "
+            "transfer = NULL, error = NULL",
+            (uri, expires, time.time()),
+        )
+
+    def record_not_spent(self, key: str, state: AssetState, error: str | None) -> None:
+        """The POST certainly spent nothing (refused, not found, over quota, never sent)."""
+        self._update(key, "state = ?, error = ?", (state.value, error))
+
+    def record_in_doubt(self, key: str, error: str) -> None:
+        self._update(key, "state = 'in_doubt', error = ?", (error,))
+
+    def record_spent_without_uri(self, key: str, error: str) -> None:
+        """History shows the spend of an in-doubt POST: count it; its URI is lost with it."""
+        self._update(
+            key,
+            "state = 'failed', spends = spends + 1, uri = NULL, uri_expires = NULL, error = ?",
+            (error,),
+        )
+
+    def record_cleared_doubt(self, key: str) -> None:
+        """History shows no spend: the asset may be acquired again without paying twice."""
+        self._update(key, "state = 'pending', error = NULL", ())
+
+    def record_done(self, key: str, *, path: str, size: int, sha256: str) -> None:
+        self._update(
+            key,
+            "state = 'done', path = ?, bytes = ?, sha256 = ?, done_at = ?, error = NULL",
+            (path, size, sha256, time.time()),
+        )
+
+    def record_failed(self, key: str, error: str) -> None:
+        self._update(key, "state = 'failed', error = ?", (error,))
+
+    def save_progress(self, states: dict[str, bytes]) -> None:
+        """One transaction for a batch of transfer states (validators, bytes per segment)."""
+        if not states:
+            return
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE assets SET transfer = ?, updated = ? WHERE key = ?",
+                [(blob, now, key) for key, blob in states.items()],
+            )
+
+    def _update(self, key: str, assignments: str, params: tuple[object, ...]) -> None:
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE assets SET {assignments}, updated = ? WHERE key = ?",
+                (*params, time.time(), key),
+            )
+        if cur.rowcount != 1:
+            raise JournalError(f"journal has no asset {key!r}")
+
+    # reading ---------------------------------------------------------------------------
+
+    def iter_records(self, run_id: int | None = None, batch: int = 1000) -> Iterator[Record]:
+        """All records (of one run, or all), in key order, a batch at a time: flat memory."""
+        last = ""
+        where = "" if run_id is None else "AND run_id = ?"
+        while True:
+            params: tuple[object, ...] = (last,) if run_id is None else (last, run_id)
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM assets WHERE key > ? {where} ORDER BY key LIMIT {batch}",
+                params,
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _record(row)
+            last = rows[-1][0]
+
+    def totals(self, run_id: int | None = None) -> RunTotals:
+        where, params = ("", ()) if run_id is None else ("WHERE run_id = ?", (run_id,))
+        by_state = {
+            state: count
+            for state, count in self._db.execute(
+                f"SELECT state, COUNT(*) FROM assets {where} GROUP BY state", params
+            )
+        }
+        spends, done_bytes = self._db.execute(
+            "SELECT COALESCE(SUM(spends), 0), "
+            f"COALESCE(SUM(CASE WHEN state = 'done' THEN bytes END), 0) FROM assets {where}",
+            params,
+        ).fetchone()
+        return RunTotals(
+            by_state=by_state,
+            spends=int(spends),
+            bytes_done=int(done_bytes),
+            in_doubt=by_state.get("in_doubt", 0) + by_state.get("intent", 0),
+        )
+
+    def uses_name(self, name: str) -> bool:
+        """A finished or in-progress asset already owns this file name."""
+        row = self._db.execute("SELECT 1 FROM assets WHERE path = ? LIMIT 1", (name,)).fetchone()
+        return row is not None
+
+
+class AsyncJournal:
+    """The journal driven from one worker thread, awaited from the event loop.
+
+    Calls are serialised by the single thread; `stage_progress` only remembers the newest
+    state per asset, and `flush` writes them all in one transaction.
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkgetty-journal")
+        self._staged: dict[str, bytes] = {}
+
+    @classmethod
+    async def open(cls, out_dir: Path) -> AsyncJournal:
+        journal = await asyncio.to_thread(Journal, out_dir)
+        return cls(journal)
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one journal method on the journal's thread, shielded from cancellation.
+
+        A commit that has started is allowed to finish even when the run is being cancelled:
+        an acquisition must never be half-recorded.
+        """
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await asyncio.shield(fut)
+
+    def stage_progress(self, key: str, state: bytes) -> None:
+        self._staged[key] = state
+
+    def drop_progress(self, key: str) -> None:
+        self._staged.pop(key, None)
+
+    async def flush(self) -> None:
+        staged, self._staged = self._staged, {}
+        if staged:
+            await self.call(self.journal.save_progress, staged)
+
+    async def close(self) -> None:
+        await self.flush()
+        await self.call(self.journal.close)
+        self._pool.shutdown(wait=True)
