@@ -1,0 +1,785 @@
+"""The delivery stage: GET one signed delivery URI into `NAME.part`, verify it, rename it.
+
+One call of `transfer` is one attempt; the engine owns retries. Everything a later attempt
+needs to resume is in the `.part` file and the last `TransferState` passed to `on_state`.
+
+Why it looks the way it does:
+
+- No Getty header ever goes to the delivery host (the URI signs itself), and redirects are
+  followed here, not by aiohttp, so every hop gets a scheme check, a hop limit and loop
+  detection, and nothing is forwarded to another host.
+- A URI's query string is its signature: messages show `scheme://host/path` only.
+- Size, name and range support come from the GET itself, never from a HEAD round trip.
+- Bytes are written in >= 1 MiB pwrites in a worker thread, hashed in the same hop, so the
+  event loop only moves buffers (baseline.md: the write path is CPU and syscall bound).
+- A resumed single stream hashes its prefix from disk once, then keeps hashing while it
+  streams. A segmented file is hashed by re-reading it at the end (unavoidable).
+- Resume trusts a `.part` only as far as both the journal and the disk agree (the smaller),
+  and a ranged answer only when its `Content-Range` is exactly what was asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from .errors import (
+    BulkGettyError,
+    DeliveryError,
+    IntegrityError,
+    JournalError,
+    ReadError,
+    RedirectError,
+    UriExpiredError,
+    UsageError,
+)
+from .files import OutputDir, PartFile, SequentialWriter, open_part, safe_name, sha256_file
+from .files import parse_content_disposition as _parse_cd
+from .http import check_url_scheme, map_errors
+
+__all__ = (
+    "Segment",
+    "TransferOptions",
+    "TransferResult",
+    "TransferState",
+    "redact_url",
+    "transfer",
+)
+
+_REDIRECT_CODES: Final = frozenset({301, 302, 303, 307, 308})
+_REFUSED_CODES: Final = frozenset({401, 403, 410})
+_ERROR_PAGE_TYPES: Final = frozenset(
+    {"text/html", "application/xml", "text/xml", "application/json"}
+)
+_ERROR_PAGE_PREFIXES: Final = (b"<!doctype", b"<html", b"<?xml")
+_EXPIRED_MARKERS: Final = (
+    b"accessdenied",
+    b"expired",
+    b"signaturedoesnotmatch",
+    b"invalidtoken",
+    b"request has expired",
+)
+_SECRET_HEADERS: Final = ("authorization", "api-key")
+_PEEK_BYTES: Final = 4096
+#: Report the state to the journal at least this often while streaming.
+_STATE_EVERY: Final = 8 * 2**20
+_CONTENT_RANGE: Final = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+# ------------------------------------------------------------------------ data
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One byte range `[start, end)` of a segmented file; `done` bytes from `start` are on disk."""
+
+    start: int
+    end: int  # exclusive
+    done: int = 0
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.length
+
+
+@dataclass(frozen=True, slots=True)
+class TransferState:
+    """What the journal keeps between attempts and runs to resume a transfer."""
+
+    #: Reserved final file name; the `.part` is name + ".part".
+    name: str | None = None
+    #: Complete length once known (Content-Length, or the total of a Content-Range).
+    total: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
+    #: Empty for a single stream (whose progress is `done`).
+    segments: tuple[Segment, ...] = ()
+    done: int = 0
+
+    def to_json(self) -> bytes:
+        data = {
+            "name": self.name,
+            "total": self.total,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "content_type": self.content_type,
+            "segments": [[s.start, s.end, s.done] for s in self.segments],
+            "done": self.done,
+        }
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TransferState:
+        """Parse `to_json` output; JournalError when it is not a transfer state."""
+        try:
+            raw = orjson.loads(data)
+            segments = tuple(Segment(int(a), int(b), int(c)) for a, b, c in raw.get("segments", ()))
+            return cls(
+                name=_opt_str(raw.get("name")),
+                total=_opt_int(raw.get("total")),
+                etag=_opt_str(raw.get("etag")),
+                last_modified=_opt_str(raw.get("last_modified")),
+                content_type=_opt_str(raw.get("content_type")),
+                segments=segments,
+                done=int(raw.get("done") or 0),
+            )
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+            raise JournalError(f"unreadable transfer state: {exc}") from exc
+
+
+def _opt_str(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOptions:
+    """How one delivery is fetched."""
+
+    #: Ranges per large file; 1 disables segmenting.
+    segments: int = 4
+    #: Only files of at least this many bytes are segmented.
+    segment_threshold: int = 64 * 2**20
+    #: Largest single network read; writes are batched to >= 1 MiB regardless.
+    chunk_size: int = 2**20
+    max_redirects: int = 10
+    #: fsync the file before the rename, and the folder after it.
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """A finished, verified file in the output folder."""
+
+    path: Path
+    name: str
+    bytes: int
+    sha256: str
+    content_type: str | None
+    #: Bytes downloaded again that were already on disk (0 on a clean resume).
+    refetched: int
+    resumed_from: int
+
+
+def redact_url(url: str | URL) -> str:
+    """`scheme://host[:port]/path`: a URL fit for a message (no signature, no userinfo)."""
+    parts = urlsplit(str(url))
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+# -------------------------------------------------------------------- entry point
+
+
+async def transfer(
+    session: aiohttp.ClientSession,
+    uri: str,
+    *,
+    out: OutputDir,
+    owner: str,
+    asset_id: str,
+    state: TransferState | None,
+    options: TransferOptions,
+    on_state: Callable[[TransferState], None],
+    on_progress: Callable[[int], None],
+) -> TransferResult:
+    """Fetch `uri` into `out` once; resume from `state` when the `.part` allows it.
+
+    Raises UriExpiredError (signature refused: do not retry, re-acquiring spends),
+    RedirectError, IntegrityError, DeliveryError, ConnectError/ReadError or StorageError.
+    On success the reservation of `owner` is released (the final file now holds the name).
+    """
+    _refuse_secret_headers(session)
+    attempt = _Attempt(
+        session=session,
+        uri=uri,
+        out=out,
+        owner=owner,
+        asset_id=asset_id,
+        options=options,
+        on_state=on_state,
+        on_progress=on_progress,
+        state=state or TransferState(),
+    )
+    result = await attempt.run()
+    out.release(owner)
+    return result
+
+
+def _refuse_secret_headers(session: aiohttp.ClientSession) -> None:
+    """A session with default credentials would send them to the delivery host: refuse it."""
+    present = [h for h in _SECRET_HEADERS if h in session.headers]
+    if present:
+        raise UsageError(f"delivery session must not carry default {', '.join(present)} headers")
+
+
+# ----------------------------------------------------------------------- attempt
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """The mutable working state of one `transfer` call."""
+
+    session: aiohttp.ClientSession
+    uri: str
+    out: OutputDir
+    owner: str
+    asset_id: str
+    options: TransferOptions
+    on_state: Callable[[TransferState], None]
+    on_progress: Callable[[int], None]
+    state: TransferState
+    refetched: int = 0
+    resumed_from: int = 0
+    writers: list[SequentialWriter] = field(default_factory=list)
+    unreported: int = 0
+    must_reset: bool = False
+
+    async def run(self) -> TransferResult:
+        _check_hop(self.uri, what="delivery URI")
+        self._keep_reserved_name()
+        if self.state.segments and self._segments_valid():
+            return await self._resume_segments()
+        if self.state.segments:
+            self.state = TransferState(name=self.state.name)
+        return await self._single()
+
+    # ---- names and state
+
+    def _keep_reserved_name(self) -> None:
+        """Re-reserve the journal's name; if it is taken now, its progress is not ours."""
+        name = self.state.name
+        if name is None:
+            return
+        got = self.out.reserve(name, self.owner, prefer=name)
+        if got != name:
+            self.state = TransferState(name=got)
+
+    def _adopt_headers(self, resp: aiohttp.ClientResponse, total: int | None) -> None:
+        """Fix the name, length and validators from accepted response headers; report them."""
+        headers = resp.headers
+        fresh = resp.status == 200  # a full body: its headers replace everything known
+        old = TransferState() if fresh else self.state
+        content_type = headers.get("Content-Type") or old.content_type
+        name = self.state.name
+        if name is None:
+            disposition = headers.get("Content-Disposition")
+            raw = _parse_cd(disposition) if disposition else None
+            name = safe_name(raw, asset_id=self.asset_id, content_type=content_type)
+            name = self.out.reserve(name, self.owner)
+        self.state = replace(
+            self.state,
+            name=name,
+            total=total if total is not None else old.total,
+            etag=headers.get("ETag") or old.etag,
+            last_modified=headers.get("Last-Modified") or old.last_modified,
+            content_type=content_type,
+            segments=(),
+            done=0 if fresh else self.state.done,
+        )
+        self._emit()
+
+    def _emit(self) -> None:
+        """Report what is on disk right now (flushed bytes only) to the journal."""
+        self.unreported = 0
+        if self.state.segments:
+            segs = tuple(
+                replace(s, done=w.position - s.start)
+                for s, w in zip(self.state.segments, self.writers, strict=True)
+            )
+            self.state = replace(self.state, segments=segs, done=sum(s.done for s in segs))
+        elif self.writers:
+            self.state = replace(self.state, done=self.writers[0].position)
+        self.on_state(self.state)
+
+    def _progress(self, nbytes: int) -> None:
+        if nbytes:
+            self.on_progress(nbytes)
+            self.unreported += nbytes
+            if self.unreported >= _STATE_EVERY:
+                self._emit()
+
+    async def _reset(self, part: PartFile | None, message: str) -> IntegrityError:
+        """Forget all progress (keep the name) so the next attempt starts from zero."""
+        self.writers = []
+        self.state = TransferState(name=self.state.name)
+        if part is not None:
+            await part.truncate(0)
+        self.on_state(self.state)
+        return IntegrityError(message)
+
+    # ---- single stream
+
+    async def _single(self) -> TransferResult:
+        part, start = await self._open_for_resume()
+        try:
+            headers = self._range_headers(start, None)
+            resp = await self._get(headers)
+            try:
+                if resp.status == 416 and start:
+                    return await self._on_416(resp, part, start)
+                await _raise_for_status(resp)
+                await _refuse_error_page(resp)
+                return await self._accept_single(resp, part, start)
+            except IntegrityError as exc:
+                if self.must_reset:
+                    raise await self._reset(part, str(exc)) from exc
+                raise
+            finally:
+                resp.release()
+        finally:
+            if part is not None:
+                await part.close()
+
+    async def _open_for_resume(self) -> tuple[PartFile | None, int]:
+        """Reopen the `.part` of a known name; resume from min(journal, disk) when allowed."""
+        if self.state.name is None:
+            return None, 0
+        part = await open_part(self.out, self.state.name, size=None, resume=True)
+        start = min(self.state.done, part.size_on_disk) if self._can_resume() else 0
+        if part.size_on_disk > start:
+            self.refetched += part.size_on_disk - start
+            await part.truncate(start)
+        return part, start
+
+    def _can_resume(self) -> bool:
+        """Resume needs a validator for If-Range, or at least the total to check Content-Range.
+
+        Without a validator, a same-length replacement of the file would go unnoticed; a
+        licensed asset behind a signed URI does not change, so matching length is accepted.
+        """
+        st = self.state
+        return st.done > 0 and (
+            st.etag is not None or st.last_modified is not None or bool(st.total)
+        )
+
+    async def _accept_single(
+        self, resp: aiohttp.ClientResponse, part: PartFile | None, start: int
+    ) -> TransferResult:
+        if start and resp.status == 200:
+            self.refetched += start  # the server sent the whole file: start over
+            start = 0
+        total: int | None
+        if start:
+            total = self._check_resume_range(resp, start)
+        elif resp.status == 206:
+            raise IntegrityError(f"206 to a request without Range from {redact_url(resp.url)}")
+        else:
+            total = _content_length(resp)
+        self._adopt_headers(resp, total)
+        name = self._name()
+        if part is None:
+            part = await open_part(self.out, name, size=None, resume=False)
+        try:
+            if start == 0:
+                await part.truncate(0)
+            if self._should_segment(resp, total):
+                return await self._segmented(part, first=resp)
+            self.resumed_from = start
+            return await self._stream_single(resp, part, start)
+        finally:
+            await part.close()
+
+    def _check_resume_range(self, resp: aiohttp.ClientResponse, start: int) -> int:
+        """A resumed 206 must match exactly; if not, the next attempt starts from zero."""
+        self.must_reset = True
+        total = _check_content_range(resp, start, None, self.state.total)
+        new_etag = resp.headers.get("ETag")
+        if self.state.etag and new_etag and new_etag != self.state.etag:
+            raise IntegrityError(f"ETag changed on a ranged answer from {_where(resp)}")
+        self.must_reset = False
+        return total
+
+    async def _stream_single(
+        self, resp: aiohttp.ClientResponse, part: PartFile, start: int
+    ) -> TransferResult:
+        hasher = await sha256_file(part.path, upto=start) if start else hashlib.sha256()
+        writer = SequentialWriter(part, start, hasher)
+        self.writers = [writer]
+        expected = _content_length(resp)
+        try:
+            got = await self._pump(resp, writer, limit=None, sniff=start == 0)
+        finally:
+            await self._save_progress()
+        if expected is not None and got != expected:
+            raise ReadError(f"body ended after {got} of {expected} bytes from {_where(resp)}")
+        total = writer.position
+        if self.state.total is not None and total != self.state.total:
+            raise await self._reset(part, f"got {total} bytes, expected {self.state.total}")
+        return await self._finish(part, total, hasher.hexdigest())
+
+    async def _on_416(
+        self, resp: aiohttp.ClientResponse, part: PartFile | None, start: int
+    ) -> TransferResult:
+        """Range not satisfiable: complete if the `.part` already holds the whole file."""
+        total = self.state.total or _unsatisfied_total(resp)
+        if part is not None and total is not None and start == total:
+            self.resumed_from = start
+            digest = (await sha256_file(part.path, upto=total)).hexdigest()
+            return await self._finish(part, total, digest)
+        raise await self._reset(part, f"416 for bytes {start}- from {_where(resp)}: restarting")
+
+    # ---- segments
+
+    def _should_segment(self, resp: aiohttp.ClientResponse, total: int | None) -> bool:
+        """Only a fresh 200 of a large file, with byte ranges and a validator for If-Range."""
+        opts = self.options
+        ranges = "bytes" in resp.headers.get("Accept-Ranges", "").lower()
+        return (
+            opts.segments > 1
+            and resp.status == 200
+            and total is not None
+            and total >= max(opts.segment_threshold, opts.segments)
+            and ranges
+            and self._if_range() is not None
+        )
+
+    def _segments_valid(self) -> bool:
+        """Segments from the journal must tile [0, total) exactly, with a validator to resume."""
+        st = self.state
+        if st.total is None or st.name is None or self._if_range() is None:
+            return False
+        pos = 0
+        for seg in st.segments:
+            if seg.start != pos or seg.end <= seg.start or not 0 <= seg.done <= seg.length:
+                return False
+            pos = seg.end
+        return pos == st.total
+
+    async def _resume_segments(self) -> TransferResult:
+        name = self._name()
+        part = await open_part(self.out, name, size=None, resume=True)
+        try:
+            on_disk = part.size_on_disk
+            segs = tuple(
+                replace(s, done=max(0, min(s.done, on_disk - s.start))) for s in self.state.segments
+            )
+            self.state = replace(self.state, segments=segs)
+            self.resumed_from = sum(s.done for s in segs)
+            return await self._segmented(part, first=None)
+        finally:
+            await part.close()
+
+    async def _segmented(
+        self, part: PartFile, *, first: aiohttp.ClientResponse | None
+    ) -> TransferResult:
+        total = self._total()
+        if first is not None:
+            self.state = replace(self.state, segments=_split(total, self.options.segments))
+        await part.preallocate(total)
+        self.writers = [SequentialWriter(part, s.start + s.done) for s in self.state.segments]
+        self._emit()
+        jobs = [
+            self._first_segment(first) if i == 0 and first is not None else self._ranged_segment(i)
+            for i, seg in enumerate(self.state.segments)
+            if not seg.complete
+        ]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await self._save_progress()
+        await self._raise_segment_errors(part, results)
+        digest = (await sha256_file(part.path, upto=total)).hexdigest()
+        return await self._finish(part, total, digest)
+
+    async def _raise_segment_errors(self, part: PartFile, results: list[Any]) -> None:
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if not errors:
+            return
+        if self.must_reset:
+            raise await self._reset(part, str(errors[0])) from errors[0]
+        final = [e for e in errors if isinstance(e, BulkGettyError) and not e.retryable]
+        raise (final or errors)[0]
+
+    async def _first_segment(self, resp: aiohttp.ClientResponse) -> None:
+        """Segment 0 comes from the first response: read up to its end, then drop the rest."""
+        seg, writer = self.state.segments[0], self.writers[0]
+        try:
+            got = await self._pump(resp, writer, limit=seg.length, sniff=True)
+        finally:
+            resp.close()
+        if got != seg.length:
+            raise ReadError(f"segment 0 ended after {got} of {seg.length} bytes")
+
+    async def _ranged_segment(self, index: int) -> None:
+        """One more connection for one segment, resumed from what is already written."""
+        seg, writer = self.state.segments[index], self.writers[index]
+        start = writer.position
+        resp = await self._get(self._range_headers(start, seg.end - 1))
+        try:
+            if resp.status in (200, 416):
+                self.must_reset = True
+                raise IntegrityError(f"HTTP {resp.status} to a segment range: file changed?")
+            await _raise_for_status(resp)
+            self._check_segment_response(resp, start, seg.end - 1)
+            want = seg.end - start
+            got = await self._pump(resp, writer, limit=want, sniff=False)
+        finally:
+            resp.release()
+        if got != want:
+            raise ReadError(f"segment {index} ended after {got} of {want} bytes")
+
+    def _check_segment_response(self, resp: aiohttp.ClientResponse, start: int, last: int) -> None:
+        try:
+            _check_content_range(resp, start, last, self.state.total)
+        except IntegrityError:
+            self.must_reset = True
+            raise
+        etag = resp.headers.get("ETag")
+        if self.state.etag and etag and etag != self.state.etag:
+            self.must_reset = True
+            raise IntegrityError(f"ETag changed on segment bytes {start}-{last}")
+
+    # ---- streaming and finishing
+
+    async def _pump(
+        self,
+        resp: aiohttp.ClientResponse,
+        writer: SequentialWriter,
+        *,
+        limit: int | None,
+        sniff: bool,
+    ) -> int:
+        """Copy the body (up to `limit` bytes) to `writer`; returns the bytes received."""
+        received = 0
+        chunk_size = self.options.chunk_size
+        while limit is None or received < limit:
+            want = chunk_size if limit is None else min(chunk_size, limit - received)
+            chunk = await map_errors(partial(resp.content.read, want))
+            if not chunk:
+                break
+            if sniff and received == 0:
+                _sniff_error_page(chunk, resp)
+            received += len(chunk)
+            self._progress(await writer.write(chunk))
+        self._progress(await writer.flush())
+        return received
+
+    async def _save_progress(self) -> None:
+        """After success or failure: put every received byte on disk and report it."""
+        for writer in self.writers:
+            # The original error matters more; the state shows only what is on disk.
+            with contextlib.suppress(BulkGettyError):
+                self._progress(await writer.flush())
+        self._emit()
+
+    async def _finish(self, part: PartFile, total: int, digest: str) -> TransferResult:
+        name = self._name()
+        path = await part.finish(name, durable=self.options.durable)
+        return TransferResult(
+            path=path,
+            name=name,
+            bytes=total,
+            sha256=digest,
+            content_type=self.state.content_type,
+            refetched=self.refetched,
+            resumed_from=self.resumed_from,
+        )
+
+    # ---- requests
+
+    def _if_range(self) -> str | None:
+        """A strong ETag, else Last-Modified: what If-Range may carry (weak ETags may not)."""
+        etag = self.state.etag
+        if etag and not etag.startswith("W/"):
+            return etag
+        return self.state.last_modified
+
+    def _range_headers(self, start: int, last: int | None) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity"}
+        if start or last is not None:
+            headers["Range"] = f"bytes={start}-{'' if last is None else last}"
+            validator = self._if_range()
+            if validator:
+                headers["If-Range"] = validator
+        return headers
+
+    async def _get(self, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """GET with redirects followed here: hop limit, loop detection, scheme check."""
+        url = self.uri
+        seen = {url}
+        for hop in range(self.options.max_redirects + 1):
+            resp = await map_errors(partial(self._request, url, headers))
+            if resp.status not in _REDIRECT_CODES:
+                return resp
+            location = resp.headers.get("Location")
+            resp.release()
+            if not location:
+                raise RedirectError(f"HTTP {resp.status} without Location from {redact_url(url)}")
+            if hop == self.options.max_redirects:
+                raise RedirectError(f"more than {hop} redirects, last from {redact_url(url)}")
+            url = urljoin(url, location.strip())
+            _check_hop(url, what="redirect target")
+            if url in seen:
+                raise RedirectError(f"redirect loop back to {redact_url(url)}")
+            seen.add(url)
+        raise AssertionError("unreachable")
+
+    async def _request(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        return await self.session.get(_as_url(url), headers=headers, allow_redirects=False)
+
+    def _name(self) -> str:
+        if self.state.name is None:
+            raise AssertionError("name is fixed before any byte is written")
+        return self.state.name
+
+    def _total(self) -> int:
+        if self.state.total is None:
+            raise AssertionError("segments need a known total")
+        return self.state.total
+
+
+# ------------------------------------------------------------------- pure helpers
+
+
+def _check_hop(url: str, *, what: str) -> None:
+    try:
+        check_url_scheme(url, what=what)
+    except UsageError as exc:
+        raise RedirectError(str(exc)) from exc
+
+
+def _as_url(url: str) -> URL:
+    """Send a signed URL byte for byte (no re-quoting) when it is already encoded."""
+    if url.isascii() and url.isprintable() and " " not in url:
+        return URL(url, encoded=True)
+    return URL(url)
+
+
+def _where(resp: aiohttp.ClientResponse) -> str:
+    return redact_url(resp.url)
+
+
+def _split(total: int, count: int) -> tuple[Segment, ...]:
+    size = -(-total // count)
+    return tuple(Segment(start, min(start + size, total)) for start in range(0, total, size))
+
+
+def _content_length(resp: aiohttp.ClientResponse) -> int | None:
+    """The body length promised by the headers; None for chunked or encoded bodies."""
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise IntegrityError(f"Content-Encoding {encoding!r} from {_where(resp)} (asked identity)")
+    value = resp.headers.get("Content-Length")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise IntegrityError(f"bad Content-Length {value[:40]!r} from {_where(resp)}")
+    return int(value)
+
+
+def _check_content_range(
+    resp: aiohttp.ClientResponse, start: int, last: int | None, total: int | None
+) -> int:
+    """A 206 must say exactly `bytes start-last/total` and carry that many bytes; returns total."""
+    header = resp.headers.get("Content-Range", "")
+    match = _CONTENT_RANGE.match(header)
+    where = _where(resp)
+    if resp.status != 206 or match is None or match.group(3) == "*":
+        raise IntegrityError(f"expected 206 bytes {start}-, got {resp.status} {header!r} ({where})")
+    first, end, full = int(match.group(1)), int(match.group(2)), int(match.group(3))
+    want_last = last if last is not None else (total if total is not None else full) - 1
+    if first != start or end != want_last or (total is not None and full != total):
+        raise IntegrityError(f"Content-Range {header!r} does not match bytes {start}-{want_last}")
+    if end >= full:
+        raise IntegrityError(f"Content-Range {header!r} is past the end ({where})")
+    length = _content_length(resp)
+    if length is not None and length != end - first + 1:
+        raise IntegrityError(f"Content-Length {length} does not match Content-Range {header!r}")
+    return full
+
+
+def _unsatisfied_total(resp: aiohttp.ClientResponse) -> int | None:
+    """The `*/total` of a 416's Content-Range, when the server gives one."""
+    match = re.match(r"^\s*bytes\s+\*/(\d+)\s*$", resp.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+    """Map a non-2xx delivery answer to the error the retry policy understands."""
+    status = resp.status
+    if status in (200, 206):
+        return
+    where = _where(resp)
+    if status in _REFUSED_CODES:
+        raise UriExpiredError(f"delivery refused with HTTP {status} ({where}): URI expired?")
+    if status in (400, 404):
+        head = await _peek(resp)
+        if _is_error_document(_mime(resp), head):
+            raise UriExpiredError(f"delivery refused with HTTP {status} ({where}): URI expired?")
+        raise DeliveryError(f"HTTP {status} from {where}")
+    if status == 416:
+        raise IntegrityError(f"HTTP 416 without a Range request from {where}")
+    raise DeliveryError(f"HTTP {status} from {where}")
+
+
+async def _refuse_error_page(resp: aiohttp.ClientResponse) -> None:
+    """A 2xx whose Content-Type is HTML, XML or JSON is an error page, never media."""
+    mime = _mime(resp)
+    if mime not in _ERROR_PAGE_TYPES:
+        return
+    head = await _peek(resp)
+    _raise_error_page(mime, head, resp)
+
+
+def _sniff_error_page(first: bytes, resp: aiohttp.ClientResponse) -> None:
+    """Without a Content-Type, an HTML or XML start marks an error page."""
+    if _mime(resp):
+        return
+    start = first[:64].lstrip().lower()
+    if start.startswith(_ERROR_PAGE_PREFIXES):
+        _raise_error_page(None, first[:_PEEK_BYTES], resp)
+
+
+def _raise_error_page(mime: str | None, head: bytes, resp: aiohttp.ClientResponse) -> None:
+    where = _where(resp)
+    lowered = head.lower()
+    if any(marker in lowered for marker in _EXPIRED_MARKERS):
+        raise UriExpiredError(f"delivery answered an access-denied page ({where}): URI expired?")
+    raise IntegrityError(
+        f"delivery answered an error page ({mime or 'markup'}), not media: {where}"
+    )
+
+
+def _is_error_document(mime: str | None, head: bytes) -> bool:
+    if mime in _ERROR_PAGE_TYPES:
+        return True
+    return head[:64].lstrip().lower().startswith(_ERROR_PAGE_PREFIXES)
+
+
+def _mime(resp: aiohttp.ClientResponse) -> str | None:
+    value = resp.headers.get("Content-Type")
+    return value.split(";", 1)[0].strip().lower() if value else None
+
+
+async def _peek(resp: aiohttp.ClientResponse) -> bytes:
+    """The first few KiB of an error body (never more: it is only for classification)."""
+    try:
+        return await map_errors(partial(resp.content.read, _PEEK_BYTES))
+    except BulkGettyError:
+        return b""
