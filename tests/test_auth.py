@@ -86,7 +86,10 @@ class Clock:
 
 
 def provider(
-    session: aiohttp.ClientSession, server: TokenServer, creds: Credentials, clock: Clock | None = None
+    session: aiohttp.ClientSession,
+    server: TokenServer,
+    creds: Credentials,
+    clock: Clock | None = None,
 ) -> TokenProvider:
     return TokenProvider(
         session,

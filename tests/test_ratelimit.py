@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -36,7 +37,7 @@ async def test_requests_are_spaced_at_one_over_rate() -> None:
     for _ in range(5):
         await rl.acquire()
         times.append(t.now)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps == [pytest.approx(0.25)] * 4
 
 
@@ -69,7 +70,7 @@ async def test_concurrent_waiters_are_served_in_arrival_order_one_slot_apart() -
     await asyncio.gather(*(worker(n) for n in range(20)))
     assert [n for n, _ in served] == list(range(20))
     stamps = [s for _, s in served]
-    assert all(b - a == pytest.approx(0.1) for a, b in zip(stamps, stamps[1:], strict=False))
+    assert all(b - a == pytest.approx(0.1) for a, b in itertools.pairwise(stamps))
 
 
 async def test_unlimited_never_waits() -> None:

@@ -105,9 +105,7 @@ def test_spending_post_is_retried_when_nothing_was_spent(error: BulkGettyError) 
     assert RetryPolicy().should_retry(error, 1, is_spending_post=True)
 
 
-@pytest.mark.parametrize(
-    "error", [ConnectError("x"), ReadError("x"), throttled(), server_error()]
-)
+@pytest.mark.parametrize("error", [ConnectError("x"), ReadError("x"), throttled(), server_error()])
 def test_reads_are_retried_on_retryable_errors(error: BulkGettyError) -> None:
     assert RetryPolicy().should_retry(error, 1, is_spending_post=False)
 
