@@ -216,8 +216,11 @@ class GettyClient:
             location = answer.headers.get("Location")
             if location:
                 return self._grant(urljoin(self._base + path, location))
-            raise ApiError(f"{what}: {answer.status} without Location", status=answer.status,
-                           may_have_spent=True)  # fmt: skip
+            raise ApiError(
+                f"{what}: {answer.status} without Location",
+                status=answer.status,
+                may_have_spent=True,  # a 303 means it was bought
+            )
         if answer.status == 200:
             uri = _json(answer.body).get("uri")
             if isinstance(uri, str) and uri:
