@@ -142,6 +142,23 @@ def _first_text(data: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
+#: 401/403 codes that say the key, the secret or the token is refused (not one asset).
+AUTH_CODES = frozenset(
+    {
+        "Unauthorized",
+        "Forbidden",
+        "ForbiddenException",
+        "AuthorizationTokenRequired",
+        "InvalidApiKey",
+        "UserTokenRequired",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "invalid_token",
+    }
+)
+
+
 def error_from_response(
     what: str,
     status: int,
@@ -167,7 +184,10 @@ def error_from_response(
     if code == "OverageLimitReached":
         return QuotaExceededError(text, status=status, code=code)
     kind: type[ApiError] = ApiError
-    if status in (401, 403):
+    if status in (401, 403) and (code is None or code in AUTH_CODES):
+        # Gateway answers ({"message": "Unauthorized"/"Forbidden"}) and token codes are about
+        # the credentials; other Getty codes (NoAccessToProductType, NoDownloadAuthorization,
+        # ...) are about one asset and must fail that asset, not the run.
         kind = AuthenticationError
     elif status == 404:
         kind = NotFoundError

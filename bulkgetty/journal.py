@@ -376,15 +376,22 @@ class AsyncJournal:
     state per asset, and `flush` writes them all in one transaction.
     """
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, pool: ThreadPoolExecutor) -> None:
         self.journal = journal
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkgetty-journal")
+        self._pool = pool
         self._staged: dict[str, bytes] = {}
 
     @classmethod
     async def open(cls, out_dir: Path) -> AsyncJournal:
-        journal = await asyncio.to_thread(Journal, out_dir)
-        return cls(journal)
+        """Open the journal on the thread that will own it for its whole life."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkgetty-journal")
+        loop = asyncio.get_running_loop()
+        try:
+            journal = await loop.run_in_executor(pool, Journal, out_dir)
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        return cls(journal, pool)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one journal method on the journal's thread, shielded from cancellation.
