@@ -44,7 +44,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, TextIO, TypeVar, cast, get_args
+from typing import IO, Any, Final, TextIO, cast, get_args
 
 from .assets import PRODUCT_TYPES, Asset, AssetType
 from .errors import ManifestError, ManifestProblem, UsageError
@@ -85,7 +85,6 @@ _SIZE_RE: Final = re.compile(r"[a-z0-9_]{1,32}")
 _MAX_ID: Final = 64
 _MAX_DIGITS: Final = 12
 _MAX_LINE: Final = 1 << 20
-_T = TypeVar("_T")
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
@@ -210,13 +209,21 @@ def _size(fields: Mapping[str, object]) -> str | None:
     return text.lower()
 
 
-def _check(problems: list[str], parse: Callable[..., _T], *args: Any) -> _T | None:
-    """Run one field's parser, collecting its complaint so a row reports all its problems."""
-    try:
-        return parse(*args)
-    except ValueError as exc:
-        problems.append(str(exc))
-        return None
+_Parser = Callable[[Mapping[str, object]], object]
+
+#: Per-field parsers, in `FIELDS` order so a row's problems are listed in a stable order.
+_PARSERS: Final[dict[str, _Parser]] = {
+    "id": _asset_id,
+    "asset_type": lambda f: _choice(f, "asset_type", _ASSET_TYPES),
+    "product_type": lambda f: _choice(f, "product_type", PRODUCT_TYPES),
+    "product_id": lambda f: _whole(f, "product_id"),
+    "height": lambda f: _whole(f, "height"),
+    "size": _size,
+    "file_type": lambda f: _choice(f, "file_type", _FILE_TYPES),
+    "use_team_credits": lambda f: _boolean(f, "use_team_credits"),
+    "project_code": lambda f: _text(f, "project_code"),
+    "download_notes": _notes,
+}
 
 
 def parse_row(fields: Mapping[str, object], defaults: ManifestDefaults) -> Asset:
@@ -224,44 +231,31 @@ def parse_row(fields: Mapping[str, object], defaults: ManifestDefaults) -> Asset
 
     Values may be text (CSV, TXT) or JSON values (JSONL): None and blank text mean "not given".
     Every key must be one of `FIELDS`; the CSV reader drops unknown columns before calling this.
+    All of a row's problems are named at once, so one pass over the file fixes it.
     """
     problems: list[str] = []
-    unknown = sorted(k for k in fields if k not in FIELDS)
-    if unknown:
-        problems.append(
-            f"unknown key {', '.join(map(_show, unknown))} (known: {', '.join(FIELDS)})"
-        )
-    asset_id = _check(problems, _asset_id, fields)
-    given_kind = _check(problems, _choice, fields, "asset_type", _ASSET_TYPES)
-    kind = cast(AssetType, given_kind or defaults.asset_type)
-    product = _check(problems, _choice, fields, "product_type", PRODUCT_TYPES)
-    product_id = _check(problems, _whole, fields, "product_id")
-    height = _check(problems, _whole, fields, "height")
-    size = _check(problems, _size, fields)
-    file_type = _check(problems, _choice, fields, "file_type", _FILE_TYPES)
-    credits = _check(problems, _boolean, fields, "use_team_credits")
-    project_code = _check(problems, _text, fields, "project_code")
-    notes = _check(problems, _notes, fields)
+    if any(k not in _PARSERS for k in fields):
+        unknown = ", ".join(_show(k) for k in sorted(map(str, fields)) if k not in _PARSERS)
+        problems.append(f"unknown key {unknown} (known: {', '.join(FIELDS)})")
+    values: dict[str, Any] = {}
+    for key, parse in _PARSERS.items():
+        if key == "id" or _given(fields, key):  # the common row names few options: skip fast
+            try:
+                values[key] = parse(fields)
+            except ValueError as exc:
+                problems.append(str(exc))
+    kind = values.get("asset_type") or defaults.asset_type
     if kind == "video":
         problems.extend(
             f"{k} applies to images only" for k in ("height", "file_type") if _given(fields, k)
         )
     elif _given(fields, "size"):
         problems.append("size applies to videos only (images take height)")
-    if problems or asset_id is None:
+    if problems:
         raise ValueError("; ".join(problems))
-    return Asset(
-        id=asset_id,
-        asset_type=kind,
-        product_type=product or defaults.product_type,
-        product_id=product_id,
-        height=height,
-        size=size,
-        file_type=file_type,
-        use_team_credits=credits,
-        project_code=project_code,
-        download_notes=notes,
-    )
+    values["asset_type"] = kind
+    values["product_type"] = values.get("product_type") or defaults.product_type
+    return Asset(**values)
 
 
 def _given(fields: Mapping[str, object], key: str) -> bool:
@@ -455,7 +449,7 @@ class _SeenTable:
 
     __slots__ = ("_count", "_keys", "_mask", "_words")
 
-    def __init__(self, capacity: int = 1 << 12) -> None:
+    def __init__(self, capacity: int = 1 << 14) -> None:
         self._keys = bytearray(16 * capacity)
         self._words = array("Q", [0]) * capacity
         self._mask = capacity - 1
@@ -482,15 +476,19 @@ class _SeenTable:
             slot = (slot + 1) & mask
 
     def _grow(self) -> None:
-        old_keys, old_words = self._keys, self._words
+        old_keys, old_words = memoryview(self._keys), self._words
         capacity = 2 * len(old_words)
-        self._keys = bytearray(16 * capacity)
-        self._words = array("Q", [0]) * capacity
-        self._mask = capacity - 1
-        self._count = 0
-        for slot, word in enumerate(old_words):
+        keys = self._keys = bytearray(16 * capacity)
+        words = self._words = array("Q", [0]) * capacity
+        mask = self._mask = capacity - 1
+        for old, word in enumerate(old_words):
             if word:
-                self.setdefault(bytes(old_keys[16 * slot : 16 * slot + 16]), word)
+                digest = old_keys[16 * old : 16 * old + 16]
+                slot = int.from_bytes(digest[:8], "little") & mask
+                while words[slot]:
+                    slot = (slot + 1) & mask
+                keys[16 * slot : 16 * slot + 16] = digest
+                words[slot] = word
 
 
 def _extras(asset: Asset) -> int:
