@@ -31,6 +31,7 @@ __all__ = ("build_api_app",)
 
 STATE_KEY: web.AppKey[SandboxState] = web.AppKey("state", SandboxState)
 DELIVERY_KEY: web.AppKey[list[str]] = web.AppKey("delivery", list)
+GRANT_KEY: web.RequestKey[str] = web.RequestKey("grant", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -125,7 +126,7 @@ def _check_bearer(request: web.Request, state: SandboxState, *, required: bool) 
     info = state.access_token(token.strip()) if scheme.lower() == "bearer" else None
     if info is None:
         raise _BAD_TOKEN
-    request["grant"] = info.grant
+    request[GRANT_KEY] = info.grant
 
 
 # --- OAuth ---
@@ -279,7 +280,7 @@ async def post_download(request: web.Request, asset_type: str) -> web.StreamResp
     body = _body(await request.read())
     if asset_id in state.config.missing_ids:
         raise _not_found(asset_type, asset_id)
-    if request.get("grant") == "client_credentials" and not (
+    if request.get(GRANT_KEY) == "client_credentials" and not (
         state.config.client_credentials_can_download
     ):
         raise getty_error(401, "UserTokenRequired", "Security token must contain a user.")
@@ -456,7 +457,7 @@ async def downloads(request: web.Request) -> web.StreamResponse:
     matches = [
         s
         for s in reversed(state.ledger)
-        if date_from <= s.at < date_to and (product_type is None or s.product_type == product_type)
+        if date_from <= s.at <= date_to and (product_type is None or s.product_type == product_type)
     ]
     chunk = matches[(page - 1) * page_size : page * page_size]
     return _json(
