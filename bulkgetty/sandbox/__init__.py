@@ -20,6 +20,12 @@ Delivery URIs look like `{delivery}/{asset_type}/{file}?exp=<unix>&sig=<hmac hex
 `bulkgetty.sandbox.content` for the file naming that `write_corpus` reproduces for an
 external static server (`SandboxConfig.delivery_base`).
 
+Where Getty is undocumented the sandbox picks (details in `bulkgetty.sandbox.api`): bad
+grants 400, wrong client credentials 401 `invalid_client`; an expired or unknown bearer 401
+`{"message":"Unauthorized"}` with `WWW-Authenticate: Bearer ... error="invalid_token"`; a
+product_type the account lacks 403 `NoAccessToProductType`; every POST spends, repeats
+included, unless `spend_on_repeat=False`; expired or tampered URIs 403 XML `AccessDenied`.
+
 Not emulated: search filters other than `phrase`, `download_requirements`, overage, credit
 packs, team credits (accepted and ignored), implicit/PKCE grants, HTTPS, multi-range
 requests (answered 200 with the whole file).

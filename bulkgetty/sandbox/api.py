@@ -321,7 +321,7 @@ def _charge(
     variant: Variant,
     body: dict[str, str | None],
 ) -> None:
-    repeat = any(s.key == key and s.product_id == product.id for s in state.ledger)
+    repeat = (key, product.id) in state.spent_keys
     charged = state.config.spend_on_repeat or not repeat
     if charged and state.remaining.get(product.id, 0) <= 0:
         raise getty_error(
@@ -329,6 +329,7 @@ def _charge(
         )
     if charged:
         state.remaining[product.id] -= 1
+    state.spent_keys.add((key, product.id))
     size_name = variant.size or (str(variant.height) if variant.height else None)
     state.ledger.append(
         Spend(

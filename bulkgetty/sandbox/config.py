@@ -129,7 +129,8 @@ class SandboxConfig:
     video_bytes: tuple[int, int] = (1_000_000, 8_000_000)
     #: Exact file length per asset id, overriding the ranges.
     sizes: Mapping[str, int] = field(default_factory=dict)
-    #: Token bucket per key over all API and token requests; None is unlimited.
+    #: Token bucket per key over all API and token requests; None is unlimited. It runs on
+    #: real monotonic time, not `clock`, so a frozen test clock cannot starve it.
     qps: float | None = None
     api_latency: float = 0.0
     delivery_latency: float = 0.0

@@ -92,6 +92,8 @@ class SandboxState:
         self.config = config
         self.secret = secrets.token_bytes(32)
         self.ledger: list[Spend] = []
+        #: (key, product id) of every charged or free spend: makes repeat detection O(1).
+        self.spent_keys: set[tuple[str, int]] = set()
         self.stats = SandboxStats()
         self.remaining: dict[int, int] = {}
         self.access_tokens: dict[str, TokenInfo] = {}
