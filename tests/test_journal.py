@@ -1,0 +1,562 @@
+"""journal.py: the SQLite journal that must never forget a spend, even across kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bulkgetty.assets import Asset
+from bulkgetty.errors import JournalError
+from bulkgetty.journal import STATE_DIR, AssetState, AsyncJournal, Journal
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """The child imports this checkout's bulkgetty, installed or not."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def assets(n: int, prefix: str = "") -> list[Asset]:
+    return [Asset(f"{prefix}{i:05d}") for i in range(n)]
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path)
+    yield j  # type: ignore[misc]
+    j.close()
+
+
+# ------------------------------------------------------------------ opening and locking
+
+
+def test_journal_lives_in_state_dir_and_uses_wal(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    try:
+        assert j.path == tmp_path / STATE_DIR / "journal.sqlite"
+        assert j.path.exists()
+        mode = j._db.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode.lower() == "wal"
+        assert j._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        j.close()
+    # nothing is written outside the state folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]
+
+
+def test_second_journal_on_same_folder_is_refused_while_first_lives(tmp_path: Path) -> None:
+    first = Journal(tmp_path)
+    try:
+        with pytest.raises(JournalError) as info:
+            Journal(tmp_path)
+        message = str(info.value)
+        assert "another bulkgetty run" in message
+        assert str(os.getpid()) in message  # names the holder
+    finally:
+        first.close()
+    # once the first one is closed, a new run may start
+    second = Journal(tmp_path)
+    second.close()
+
+
+def test_lock_is_refused_from_another_process(tmp_path: Path) -> None:
+    """The lock is an OS lock, so a different process sees it too."""
+    first = Journal(tmp_path)
+    try:
+        code = textwrap.dedent(
+            f"""
+            import sys
+            from pathlib import Path
+            from bulkgetty.journal import Journal
+            from bulkgetty.errors import JournalError
+            try:
+                Journal(Path({str(tmp_path)!r}))
+            except JournalError as exc:
+                print("refused", exc)
+                sys.exit(0)
+            sys.exit(5)
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=child_env(),
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "refused" in proc.stdout
+    finally:
+        first.close()
+
+
+def test_read_only_journal_needs_an_existing_journal(tmp_path: Path) -> None:
+    with pytest.raises(JournalError):
+        Journal(tmp_path, read_only=True)
+    assert not (tmp_path / STATE_DIR / "journal.sqlite").exists()
+
+
+def test_read_only_journal_reads_while_a_run_holds_the_lock(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    try:
+        run = j.begin_run("m.csv")
+        j.upsert(assets(3), run)
+        ro = Journal(tmp_path, read_only=True)
+        try:
+            assert ro.totals().by_state == {"pending": 3}
+            with pytest.raises(sqlite3.OperationalError):
+                ro.begin_run("x")
+        finally:
+            ro.close()
+    finally:
+        j.close()
+
+
+# ------------------------------------------------------------------ state transitions
+
+
+def test_upsert_registers_pending_assets_in_order(journal: Journal) -> None:
+    run = journal.begin_run("m.csv")
+    batch = [Asset("b"), Asset("a", "video", size="hd1"), Asset("c", product_type="premiumaccess")]
+    records = journal.upsert(batch, run)
+    assert [r.key for r in records] == [a.key for a in batch]
+    assert [r.asset for r in records] == batch  # asset round-trips through the JSON blob
+    assert all(r.state is AssetState.PENDING and r.spends == 0 for r in records)
+
+
+def test_upsert_of_a_known_asset_keeps_its_uri_and_spends(journal: Journal) -> None:
+    """What makes a rerun spend nothing twice: re-registering keeps what was bought."""
+    run1 = journal.begin_run("m.csv")
+    a = Asset("1")
+    journal.upsert([a], run1)
+    journal.record_intent(a.key)
+    journal.record_acquired(a.key, "http://d/1?sig=x", 1e12)
+    run2 = journal.begin_run("m.csv")
+    (rec,) = journal.upsert([a], run2)
+    assert rec.state is AssetState.ACQUIRED
+    assert rec.uri == "http://d/1?sig=x"
+    assert rec.uri_expires == 1e12
+    assert rec.spends == 1
+    assert journal.totals(run2).spends == 1
+    assert journal.totals(run1).by_state == {}  # the asset now belongs to run 2
+
+
+def test_intent_then_acquired_counts_one_spend(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    a = Asset("1")
+    journal.upsert([a], run)
+    journal.record_intent(a.key)
+    rec = journal.get(a.key)
+    assert rec is not None
+    assert rec.state is AssetState.INTENT
+    assert rec.intent_at is not None
+    assert rec.attempts == 1
+    assert rec.spends == 0  # intent alone is not a known spend
+    journal.record_acquired(a.key, "http://d/1", 123.0)
+    rec = journal.get(a.key)
+    assert rec is not None
+    assert (rec.state, rec.uri, rec.uri_expires, rec.spends) == (
+        AssetState.ACQUIRED,
+        "http://d/1",
+        123.0,
+        1,
+    )
+    assert rec.acquired_at is not None
+
+
+def test_reacquire_adds_a_spend_and_drops_old_transfer_state(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    a = Asset("1")
+    journal.upsert([a], run)
+    journal.record_intent(a.key)
+    journal.record_acquired(a.key, "http://d/old", 1.0)
+    journal.save_progress({a.key: b'{"bytes": 10}'})
+    journal.record_intent(a.key)
+    journal.record_acquired(a.key, "http://d/new", 2.0)
+    rec = journal.get(a.key)
+    assert rec is not None
+    assert rec.spends == 2
+    assert rec.attempts == 2
+    assert rec.uri == "http://d/new"
+    assert rec.transfer is None  # validators of the old URI are not reused for the new one
+
+
+def test_in_doubt_spent_without_uri_counts_the_spend_and_forgets_the_uri(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    a = Asset("1")
+    journal.upsert([a], run)
+    journal.record_intent(a.key)
+    journal.record_in_doubt(a.key, "in doubt: 502")
+    rec = journal.get(a.key)
+    assert rec is not None
+    assert rec.state is AssetState.IN_DOUBT
+    assert rec.error == "in doubt: 502"
+    assert journal.totals().in_doubt == 1
+    journal.record_spent_without_uri(a.key, "lost; --reacquire-expired")
+    rec = journal.get(a.key)
+    assert rec is not None
+    assert (rec.state, rec.spends, rec.uri, rec.uri_expires) == (AssetState.FAILED, 1, None, None)
+    assert "--reacquire-expired" in (rec.error or "")
+
+
+def test_cleared_doubt_goes_back_to_pending_without_a_spend(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    a = Asset("1")
+    journal.upsert([a], run)
+    journal.record_intent(a.key)
+    journal.record_in_doubt(a.key, "in doubt")
+    journal.record_cleared_doubt(a.key)
+    rec = journal.get(a.key)
+    assert rec is not None
+    assert (rec.state, rec.spends, rec.error) == (AssetState.PENDING, 0, None)
+
+
+def test_not_spent_waiting_and_failed_and_done(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    a, b, c = Asset("a"), Asset("b"), Asset("c")
+    journal.upsert([a, b, c], run)
+    journal.record_intent(a.key)
+    journal.record_not_spent(a.key, AssetState.WAITING_FOR_QUOTA, "limit")
+    journal.record_failed(b.key, "boom")
+    journal.record_intent(c.key)
+    journal.record_acquired(c.key, "u", 9.0)
+    journal.record_done(c.key, path="GettyImages-c.jpg", size=42, sha256="ab" * 32)
+    ra, rb, rc = (journal.get(x.key) for x in (a, b, c))
+    assert ra is not None and rb is not None and rc is not None
+    assert (ra.state, ra.error, ra.spends) == (AssetState.WAITING_FOR_QUOTA, "limit", 0)
+    assert (rb.state, rb.error) == (AssetState.FAILED, "boom")
+    assert (rc.state, rc.path, rc.bytes, rc.sha256, rc.error) == (
+        AssetState.DONE,
+        "GettyImages-c.jpg",
+        42,
+        "ab" * 32,
+        None,
+    )
+    assert journal.uses_name("GettyImages-c.jpg")
+    assert not journal.uses_name("GettyImages-x.jpg")
+
+
+def test_update_of_unknown_asset_is_an_error(journal: Journal) -> None:
+    with pytest.raises(JournalError):
+        journal.record_intent("image/nope")
+
+
+def test_save_progress_is_batched_in_one_call(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    batch = assets(5)
+    journal.upsert(batch, run)
+    journal.save_progress({a.key: f"state-{a.id}".encode() for a in batch})
+    journal.save_progress({})  # nothing to do, no error
+    for a in batch:
+        rec = journal.get(a.key)
+        assert rec is not None
+        assert rec.transfer == f"state-{a.id}".encode()
+
+
+def test_finish_run_records_spends_and_exit_code(journal: Journal) -> None:
+    run = journal.begin_run("m.csv")
+    journal.finish_run(run, spends=7, exit_code=3)
+    row = journal._db.execute(
+        "SELECT manifest, spends, exit_code, finished FROM runs WHERE id = ?", (run,)
+    ).fetchone()
+    assert row[:3] == ("m.csv", 7, 3)
+    assert row[3] is not None
+
+
+# ------------------------------------------------------------------ reading
+
+
+def test_iter_records_yields_every_record_once_in_key_order_across_batches(
+    journal: Journal,
+) -> None:
+    run = journal.begin_run("m")
+    batch = assets(23)
+    journal.upsert(batch, run)
+    keys = [r.key for r in journal.iter_records(batch=5)]
+    assert keys == sorted(a.key for a in batch)
+    assert len(set(keys)) == 23
+
+
+def test_iter_records_filters_by_run(journal: Journal) -> None:
+    run1 = journal.begin_run("m1")
+    journal.upsert(assets(4, "x"), run1)
+    run2 = journal.begin_run("m2")
+    journal.upsert(assets(3, "y"), run2)
+    assert len(list(journal.iter_records(run1, batch=2))) == 4
+    assert {r.asset.id[0] for r in journal.iter_records(run2, batch=2)} == {"y"}
+    assert len(list(journal.iter_records(batch=1))) == 7
+
+
+def test_iter_records_is_lazy(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    journal.upsert(assets(10), run)
+    it = journal.iter_records(batch=3)
+    first = next(it)
+    assert first.asset.id == "00000"
+
+
+def test_get_many_handles_more_keys_than_one_query_chunk(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    batch = assets(1203)
+    records = journal.upsert(batch, run)
+    assert len(records) == 1203
+    assert [r.key for r in records] == [a.key for a in batch]
+
+
+def test_totals_counts_states_spends_bytes_and_doubt(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    a, b, c, d, e = assets(5)
+    journal.upsert([a, b, c, d, e], run)
+    for x in (a, b):
+        journal.record_intent(x.key)
+        journal.record_acquired(x.key, "u", 1.0)
+    journal.record_done(a.key, path="a.jpg", size=100, sha256="0" * 64)
+    journal.record_intent(c.key)  # intent after a crash counts as in doubt
+    journal.record_intent(d.key)
+    journal.record_in_doubt(d.key, "x")
+    t = journal.totals(run)
+    assert t.by_state == {"done": 1, "acquired": 1, "intent": 1, "in_doubt": 1, "pending": 1}
+    assert t.spends == 2
+    assert t.bytes_done == 100
+    assert t.in_doubt == 2
+    assert journal.totals().spends == 2
+    empty = journal.totals(run + 1000)
+    assert (empty.by_state, empty.spends, empty.bytes_done, empty.in_doubt) == ({}, 0, 0, 0)
+
+
+def test_journal_survives_close_and_reopen(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    run = j.begin_run("m")
+    a = Asset("1", height=500)
+    j.upsert([a], run)
+    j.record_intent(a.key)
+    j.record_acquired(a.key, "http://d/1", 5.0)
+    j.save_progress({a.key: b"xfer"})
+    j.close()
+    j2 = Journal(tmp_path)
+    try:
+        rec = j2.get(a.key)
+        assert rec is not None
+        assert (rec.asset, rec.state, rec.uri, rec.spends, rec.transfer) == (
+            a,
+            AssetState.ACQUIRED,
+            "http://d/1",
+            1,
+            b"xfer",
+        )
+        assert j2.begin_run("m") == run + 1
+    finally:
+        j2.close()
+
+
+# ------------------------------------------------------------------ AsyncJournal
+
+
+async def test_async_journal_runs_every_call_on_one_thread(tmp_path: Path) -> None:
+    aj = await AsyncJournal.open(tmp_path)
+    threads: set[int] = set()
+
+    def who() -> int:
+        threads.add(threading.get_ident())
+        return threading.get_ident()
+
+    try:
+        run = await aj.call(aj.journal.begin_run, "m")
+        batch = assets(20)
+        await aj.call(aj.journal.upsert, batch, run)
+        # many concurrent writers: sqlite3 would raise if used from another thread
+        await asyncio.gather(*(aj.call(aj.journal.record_intent, a.key) for a in batch))
+        await asyncio.gather(*(aj.call(who) for _ in range(10)))
+        totals = await aj.call(aj.journal.totals, run)
+        assert totals.by_state == {"intent": 20}
+    finally:
+        await aj.close()
+    assert len(threads) == 1
+    assert threading.get_ident() not in threads
+
+
+async def test_async_journal_stage_progress_keeps_newest_and_flushes_once(
+    tmp_path: Path,
+) -> None:
+    aj = await AsyncJournal.open(tmp_path)
+    calls: list[dict[str, bytes]] = []
+    real = aj.journal.save_progress
+
+    def spy(states: dict[str, bytes]) -> None:
+        calls.append(dict(states))
+        real(states)
+
+    aj.journal.save_progress = spy  # type: ignore[method-assign]
+    try:
+        run = await aj.call(aj.journal.begin_run, "m")
+        a, b, c = assets(3)
+        await aj.call(aj.journal.upsert, [a, b, c], run)
+        aj.stage_progress(a.key, b"a1")
+        aj.stage_progress(a.key, b"a2")
+        aj.stage_progress(b.key, b"b1")
+        aj.stage_progress(c.key, b"c1")
+        aj.drop_progress(c.key)
+        await aj.flush()
+        await aj.flush()  # nothing staged: no write
+        assert calls == [{a.key: b"a2", b.key: b"b1"}]
+        rec_a = await aj.call(aj.journal.get, a.key)
+        rec_c = await aj.call(aj.journal.get, c.key)
+        assert rec_a is not None and rec_c is not None
+        assert rec_a.transfer == b"a2"
+        assert rec_c.transfer is None
+        aj.stage_progress(b.key, b"b2")
+    finally:
+        await aj.close()  # close flushes what is staged
+    j = Journal(tmp_path)
+    try:
+        rec_b = j.get(b.key)
+        assert rec_b is not None
+        assert rec_b.transfer == b"b2"
+    finally:
+        j.close()
+
+
+async def test_async_journal_commit_survives_cancellation_of_the_caller(tmp_path: Path) -> None:
+    """A commit that has started finishes even if the awaiting task is cancelled."""
+    aj = await AsyncJournal.open(tmp_path)
+    gate = threading.Event()
+    try:
+        run = await aj.call(aj.journal.begin_run, "m")
+        a = Asset("1")
+        await aj.call(aj.journal.upsert, [a], run)
+
+        def slow_acquire() -> None:
+            gate.wait(10)
+            aj.journal.record_acquired(a.key, "http://d/1", 1.0)
+
+        task = asyncio.create_task(aj.call(slow_acquire))
+        await asyncio.sleep(0.01)  # let the call reach the journal thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+        rec = await asyncio.wait_for(aj.call(aj.journal.get, a.key), 10)
+        assert rec is not None
+        assert rec.state is AssetState.ACQUIRED
+        assert rec.spends == 1
+    finally:
+        gate.set()
+        await aj.close()
+
+
+async def test_async_journal_open_refuses_a_locked_folder(tmp_path: Path) -> None:
+    aj = await AsyncJournal.open(tmp_path)
+    try:
+        with pytest.raises(JournalError):
+            await AsyncJournal.open(tmp_path)
+    finally:
+        await aj.close()
+    aj2 = await AsyncJournal.open(tmp_path)
+    await aj2.close()
+
+
+async def test_async_journal_close_releases_the_lock_and_thread(tmp_path: Path) -> None:
+    before = {t.name for t in threading.enumerate()}
+    aj = await AsyncJournal.open(tmp_path)
+    await aj.call(aj.journal.begin_run, "m")
+    await aj.close()
+    after = [t for t in threading.enumerate() if t.name.startswith("bulkgetty-journal")]
+    assert not [t for t in after if t.name not in before]
+    Journal(tmp_path).close()
+
+
+# ------------------------------------------------------------------ kill -9
+
+_CHILD = """
+import sys
+from pathlib import Path
+from bulkgetty.assets import Asset
+from bulkgetty.journal import Journal
+
+out = Path(sys.argv[1])
+j = Journal(out)
+run = j.begin_run("kill.csv")
+batch = [Asset(f"{i:06d}") for i in range(3000)]
+j.upsert(batch, run)
+print("ready", flush=True)
+for i, a in enumerate(batch):
+    j.record_intent(a.key)
+    j.record_acquired(a.key, f"http://d/{a.id}", 1e12)
+    # reported only after the commit returned
+    print(a.key, flush=True)
+    if i % 7 == 0:
+        j.save_progress({a.key: b"p" * 200})
+"""
+
+
+def test_kill_9_mid_commits_keeps_every_committed_acquisition(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    committed: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 40
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", line + (proc.stderr.read() if proc.stderr else "")
+        while len(committed) < 200 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            committed.append(line.strip())
+        assert len(committed) >= 200, "child stopped committing early"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        # lines the child printed before it died are committed too
+        rest = proc.stdout.read()
+        committed.extend(x for x in rest.split("\n") if x.strip())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    # the journal opens (the dead process's lock went with it) and is consistent
+    j = Journal(out)
+    try:
+        integrity = j._db.execute("PRAGMA integrity_check").fetchone()[0]
+        assert integrity == "ok"
+        records = {r.key: r for r in j.get_many(committed)}
+        assert len(records) == len(committed)
+        for key in committed:
+            rec = records[key]
+            assert rec.state is AssetState.ACQUIRED, key
+            assert rec.spends == 1
+            assert rec.uri == f"http://d/{rec.asset.id}"
+        totals = j.totals()
+        # at most one more acquisition was committed after the last line was printed
+        assert len(committed) <= totals.spends <= len(committed) + 1
+        assert sum(totals.by_state.values()) == 3000
+    finally:
+        j.close()
