@@ -635,11 +635,16 @@ async def test_post_hang_charges_before_hanging(sandbox: Sandbox, session):
 # --- delivery faults ---
 
 
-async def test_close_after_truncates_then_recovers(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(close_after={"c": (1000, 1)}))
+@pytest.mark.parametrize("nbytes", [0, 10, 300_000])
+async def test_close_after_truncates_then_recovers(sandbox: Sandbox, session, nbytes):
+    sandbox.configure(faults=Faults(close_after={"c": (nbytes, 1)}), sizes={"c": 400_000})
     uri = await uri_for(session, sandbox, "c")
+    received = bytearray()
     with pytest.raises(aiohttp.ClientPayloadError):
-        await fetch(session, uri)
+        async with session.get(uri) as resp:
+            async for chunk in resp.content.iter_any():
+                received += chunk
+    assert len(received) == nbytes
     _, data, _ = await fetch(session, uri)
     assert sha(data) == sandbox.expected("image", "c").sha256
 

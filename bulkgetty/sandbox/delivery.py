@@ -129,33 +129,74 @@ def _redirect(
     return None
 
 
-async def _serve(
-    request: web.Request, state: SandboxState, spec: FileSpec, attempt: int
-) -> web.StreamResponse:
-    config = state.config
-    faults = config.faults
-    asset_id = spec.id
+@dataclass(frozen=True, slots=True)
+class _BodyFaults:
+    """How this one response's body misbehaves."""
+
+    #: Stop after this many body bytes and close the connection.
+    cut: int | None = None
+    stall_at: int | None = None
+    stall_for: float = 0.0
+
+
+def _error_fault(state: SandboxState, asset_id: str, attempt: int) -> web.Response | None:
+    """A scripted or random fault that replaces the file entirely."""
+    faults = state.config.faults
     random_fault = _random_fault(state, asset_id, attempt)
     status_fault = faults.status.get(asset_id)
-    if (status_fault and attempt < status_fault[1]) or random_fault == "status":
-        code = status_fault[0] if status_fault and attempt < status_fault[1] else 503
-        return _xml_error(code, "ServiceUnavailable", "Injected delivery fault")
+    if status_fault and attempt < status_fault[1]:
+        return _xml_error(status_fault[0], "ServiceUnavailable", "Injected delivery fault")
+    if random_fault == "status":
+        return _xml_error(503, "ServiceUnavailable", "Injected delivery fault")
     if attempt < faults.html_error.get(asset_id, 0) or random_fault == "html_error":
         html = "<!DOCTYPE html><html><body><h1>Service error</h1></body></html>"
         return web.Response(text=html, content_type="text/html")
+    return None
 
-    length = spec.length
+
+def _file_headers(state: SandboxState, spec: FileSpec) -> dict[str, str]:
+    faults = state.config.faults
     headers = {
         "Content-Type": spec.content_type,
         "ETag": spec.etag,
         "Last-Modified": email.utils.formatdate(spec.last_modified, usegmt=True),
         "Accept-Ranges": "bytes",
     }
-    if asset_id in faults.disposition:
-        headers["Content-Disposition"] = faults.disposition[asset_id]
-    elif asset_id not in faults.no_disposition:
+    if spec.id in faults.disposition:
+        headers["Content-Disposition"] = faults.disposition[spec.id]
+    elif spec.id not in faults.no_disposition:
         headers["Content-Disposition"] = f"attachment; filename={quote(spec.filename, safe='-.')}"
+    return headers
 
+
+def _body_faults(
+    state: SandboxState, asset_id: str, attempt: int, size: int, delta: int
+) -> _BodyFaults:
+    faults = state.config.faults
+    cut: int | None = None
+    close_fault = faults.close_after.get(asset_id)
+    if close_fault and attempt < close_fault[1]:
+        cut = close_fault[0]
+    elif _random_fault(state, asset_id, attempt) == "close_after":
+        cut = size // 2
+    if delta > 0 and cut is None:
+        cut = size  # the declared length is never reached: hang up after the real body
+    stall = faults.stall_after.get(asset_id)
+    if stall and attempt < stall[2]:
+        return _BodyFaults(cut, stall[0], stall[1])
+    return _BodyFaults(cut)
+
+
+async def _serve(
+    request: web.Request, state: SandboxState, spec: FileSpec, attempt: int
+) -> web.StreamResponse:
+    faults = state.config.faults
+    asset_id = spec.id
+    error = _error_fault(state, asset_id, attempt)
+    if error is not None:
+        return error
+    headers = _file_headers(state, spec)
+    length = spec.length
     status, start, end = 200, 0, length
     range_header = request.headers.get("Range")
     if range_header is not None and attempt >= faults.ignore_range.get(asset_id, 0):
@@ -179,69 +220,46 @@ async def _serve(
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-
-    cut: int | None = None
-    close_fault = faults.close_after.get(asset_id)
-    if close_fault and attempt < close_fault[1]:
-        cut = close_fault[0]
-    elif random_fault == "close_after":
-        cut = (end - start) // 2
-    if delta > 0:
-        cut = end - start if cut is None else cut
-    stall = faults.stall_after.get(asset_id)
-    stall_at: int | None = None
-    stall_for = 0.0
-    if stall and attempt < stall[2]:
-        stall_at, stall_for = stall[0], stall[1]
-
-    sent = await _write_body(
-        request, response, spec, start, end, config.bandwidth, cut, stall_at, stall_for
-    )
+    plan = _body_faults(state, asset_id, attempt, end - start, delta)
+    await _write_body(response, spec, start, end, state.config.bandwidth, plan)
     transport = request.transport
-    if cut is not None and sent >= min(cut, end - start):
-        if transport is not None:
-            transport.close()
-        return response
-    if delta < 0 and transport is not None:
+    if plan.cut is not None and transport is not None:
+        transport.close()
+    elif delta < 0 and transport is not None:
         # aiohttp trims writes to Content-Length; push the surplus past it, then hang up.
         for chunk in spec.slices(end + delta, end):
             transport.write(bytes(chunk))
         transport.close()
-        return response
-    await response.write_eof()
+    else:
+        await response.write_eof()
     return response
 
 
 async def _write_body(
-    request: web.Request,
     response: web.StreamResponse,
     spec: FileSpec,
     start: int,
     end: int,
     bandwidth: int | None,
-    cut: int | None,
-    stall_at: int | None,
-    stall_for: float,
-) -> int:
-    """Write [start, end) honouring a cut-off, one stall and the bandwidth cap; bytes sent."""
-    limit = end if cut is None else min(end, start + cut)
+    plan: _BodyFaults,
+) -> None:
+    """Write [start, end) in large slices, honouring the cut-off, one stall and the cap."""
+    limit = end if plan.cut is None else min(end, start + plan.cut)
     piece = WRITE_CHUNK if bandwidth is None else max(1024, min(WRITE_CHUNK, bandwidth // 10))
+    stall_pos = None if plan.stall_at is None else start + plan.stall_at
     pos = start
-    stalled = stall_at is None
     while pos < limit:
+        if stall_pos == pos:
+            await asyncio.sleep(plan.stall_for)
+            stall_pos = None
         stop = min(limit, pos + piece)
-        if not stalled and stall_at is not None and start + stall_at < stop:
-            stop = max(pos, start + stall_at)
-            if stop == pos:
-                await asyncio.sleep(stall_for)
-                stalled = True
-                continue
+        if stall_pos is not None and pos < stall_pos < stop:
+            stop = stall_pos
         for chunk in spec.slices(pos, stop):
             await response.write(chunk)
         if bandwidth:
             await asyncio.sleep((stop - pos) / bandwidth)
         pos = stop
-    return pos - start
 
 
 def _random_fault(state: SandboxState, asset_id: str, attempt: int) -> str | None:
