@@ -77,7 +77,8 @@ class Redactor:
         self._secrets.update(s for s in secrets if s and len(s) >= 4)
 
     def __call__(self, text: str) -> str:
-        for secret in self._secrets:
+        # Longest first: a secret that contains another must not leak around the shorter one.
+        for secret in sorted(self._secrets, key=len, reverse=True):
             if secret in text:
                 text = text.replace(secret, "***")
         return text
