@@ -20,6 +20,10 @@ from .state import SandboxState, SandboxStats, Spend
 
 __all__ = ("Sandbox", "SandboxThread", "serve_forever")
 
+#: Handlers still running at close (a hung POST, a stalled body) are cut off after this:
+#: a test's teardown must not wait out a fault it injected.
+SHUTDOWN_TIMEOUT = 0.25
+
 
 class Sandbox:
     """An emulated Getty account: API origin plus two delivery origins on 127.0.0.1."""
@@ -45,7 +49,9 @@ class Sandbox:
         self.api_url = await self._bind(build_api_app(self._state, origins), self._port)
 
     async def _bind(self, app: web.Application, port: int) -> str:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+        )
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self._host, port, reuse_address=True)
