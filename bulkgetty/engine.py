@@ -198,6 +198,8 @@ class Downloader:
         self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
         try:
             await self._pipeline(rows, run_id)
+            await j.flush()
+            await self._sweep_orphan_parts()
         finally:
             self.report.close()
             await j.flush()
@@ -221,6 +223,24 @@ class Downloader:
         if self._fatal is not None and self.summary.spends == 0:
             raise self._fatal
         return RunResult(self.summary, self.report.path, code)
+
+    async def _sweep_orphan_parts(self) -> None:
+        """Delete `.part` files no unfinished asset can resume into.
+
+        A kill can land after a `.part` was created and before the journal heard its name;
+        the rerun then starts that asset afresh under a new name, and the old `.part` belongs
+        to nobody. Only names ending in `.part` directly in DIR are ever considered.
+        """
+        j = self.journal
+        keep = await j.call(j.journal.part_names_in_use)
+        out_dir = Path(self.out.path)
+
+        def sweep() -> None:
+            for part in out_dir.glob("*.part"):
+                if part.is_file() and part.name[: -len(".part")] not in keep:
+                    part.unlink(missing_ok=True)
+
+        await asyncio.to_thread(sweep)
 
     def _exit_code(self) -> int:
         if self._fatal is not None:
@@ -427,7 +447,8 @@ class Downloader:
                 break
             except UriExpiredError as exc:
                 if reacquired:  # bought again and refused again: do not spend a third time
-                    return await self._fail(record, f"the new delivery URI was refused too ({exc})")
+                    why = f"the new delivery URI was refused too ({exc})"
+                    return await self._fail(record, why, uri_refused=True)
                 reacquired = True
                 regrant = await self._reacquire(record, exc)
                 if isinstance(regrant, Outcome):
@@ -448,11 +469,12 @@ class Downloader:
             asset, Status.DOWNLOADED, path=result.name, size=result.bytes, sha256=result.sha256
         )
 
-    async def _fail(self, record: Record, error: str) -> Outcome:
+    async def _fail(self, record: Record, error: str, *, uri_refused: bool = False) -> Outcome:
         """Keep the .part and its state for the next run, and say why in journal and report."""
         j = self.journal
         await j.flush()
-        await j.call(j.journal.record_failed, record.key, error)
+        fail = j.journal.record_uri_refused if uri_refused else j.journal.record_failed
+        await j.call(fail, record.key, error)
         self.out.release(record.key)
         return Outcome(record.asset, Status.FAILED, error=error)
 
@@ -460,7 +482,7 @@ class Downloader:
         """The URI died before the file was whole: buy again only when the user allowed it."""
         if not self.options.reacquire_expired:
             why = f"the delivery URI was refused as expired ({exc})"
-            return await self._fail(record, reacquire_message(why))
+            return await self._fail(record, reacquire_message(why), uri_refused=True)
         await self.journal.flush()
         result = await self._buy(record, resolve=False)
         if result is None:

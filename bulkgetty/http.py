@@ -95,7 +95,7 @@ async def map_errors(call: Callable[[], Awaitable[T]], *, sent_may_spend: bool =
         raise
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise ConnectError(f"cannot connect: {describe(exc)}") from exc
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise ReadError(
             f"connection lost or timed out: {describe(exc)}", may_have_spent=sent_may_spend
         ) from exc

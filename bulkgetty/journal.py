@@ -302,6 +302,10 @@ class Journal:
             (path, size, sha256, time.time()),
         )
 
+    def record_uri_refused(self, key: str, error: str) -> None:
+        """The delivery host refused the URI as expired: never try that URI again."""
+        self._update(key, "state = 'failed', uri_expires = ?, error = ?", (time.time(), error))
+
     def record_failed(self, key: str, error: str) -> None:
         self._update(key, "state = 'failed', error = ?", (error,))
 
@@ -362,6 +366,14 @@ class Journal:
             bytes_done=int(done_bytes),
             in_doubt=by_state.get("in_doubt", 0) + by_state.get("intent", 0),
         )
+
+    def part_names_in_use(self) -> set[str]:
+        """Final names whose `.part` an unfinished asset may resume into."""
+        rows = self._db.execute(
+            "SELECT transfer FROM assets WHERE state != 'done' AND transfer IS NOT NULL"
+        )
+        names = (orjson.loads(blob).get("name") for (blob,) in rows)
+        return {name for name in names if isinstance(name, str)}
 
     def uses_name(self, name: str) -> bool:
         """A finished or in-progress asset already owns this file name."""
