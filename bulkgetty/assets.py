@@ -89,7 +89,10 @@ class Asset:
         """JSON body of the download POST, or None when there is nothing to send."""
         body = {
             k: v
-            for k, v in (("project_code", self.project_code), ("download_notes", self.download_notes))
+            for k, v in (
+                ("project_code", self.project_code),
+                ("download_notes", self.download_notes),
+            )
             if v
         }
         return body or None
