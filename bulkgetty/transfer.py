@@ -63,6 +63,7 @@ _REFUSED_CODES: Final = frozenset({401, 403, 410})
 _ERROR_PAGE_TYPES: Final = frozenset(
     {"text/html", "application/xml", "text/xml", "application/json"}
 )
+_UNTYPED: Final = frozenset({None, "application/octet-stream", "binary/octet-stream"})
 _ERROR_PAGE_PREFIXES: Final = (b"<!doctype", b"<html", b"<?xml")
 _EXPIRED_MARKERS: Final = (
     b"accessdenied",
@@ -748,8 +749,8 @@ async def _refuse_error_page(resp: aiohttp.ClientResponse) -> None:
 
 
 def _sniff_error_page(first: bytes, resp: aiohttp.ClientResponse) -> None:
-    """Without a Content-Type, an HTML or XML start marks an error page."""
-    if _mime(resp):
+    """Without a Content-Type (or with octet-stream), an HTML or XML start marks an error page."""
+    if _mime(resp) not in _UNTYPED:
         return
     start = first[:64].lstrip().lower()
     if start.startswith(_ERROR_PAGE_PREFIXES):

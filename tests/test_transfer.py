@@ -1,0 +1,799 @@
+"""transfer.py against small aiohttp servers on 127.0.0.1 (real sockets, fault switches)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bulkgetty.errors import (
+    DeliveryError,
+    IntegrityError,
+    ReadError,
+    RedirectError,
+    StorageError,
+    UriExpiredError,
+    UsageError,
+)
+from bulkgetty.files import OutputDir
+from bulkgetty.http import Timeouts, new_session
+from bulkgetty.transfer import (
+    Segment,
+    TransferOptions,
+    TransferResult,
+    TransferState,
+    redact_url,
+    transfer,
+)
+
+MiB = 2**20
+SIG = "?v=1&k=2&sig=TOPSECRET"
+
+
+@dataclass
+class Asset:
+    """One file the test server delivers, with fault switches."""
+
+    body: bytes
+    etag: str | None = '"v1"'
+    content_type: str | None = "image/jpeg"
+    disposition: str | None = "attachment; filename=GettyImages-1.jpg"
+    ranges: bool = True
+    chunked: bool = False
+    ignore_range: bool = False
+    bad_content_range: bool = False
+    #: Close the connection after this many body bytes, for responses starting at `cut_start`.
+    cut_after: int | None = None
+    cut_start: int = 0
+    cut_times: int = 1
+    #: Declare a Content-Length this much larger than the body sent.
+    extra_length: int = 0
+    stall_after: int | None = None
+    status: int | None = None
+    error_body: bytes = b""
+    error_type: str | None = None
+
+
+@dataclass
+class Seen:
+    path_qs: str
+    headers: dict[str, str]
+    status: int = 0
+    start: int = 0
+    served: int = 0
+
+
+@dataclass
+class Server:
+    """An in-process delivery host: assets under /a/KEY, redirects under /r/KEY."""
+
+    assets: dict[str, Asset] = field(default_factory=dict)
+    redirects: dict[str, tuple[int, str]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    base: str = ""
+
+    def url(self, path: str, query: str = SIG) -> str:
+        return f"{self.base}{path}{query}"
+
+    @property
+    def served(self) -> int:
+        return sum(s.served for s in self.seen)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/a/{key}", self.media)
+        app.router.add_get("/r/{key}", self.redirect)
+        return app
+
+    async def redirect(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(Seen(request.path_qs, dict(request.headers)))
+        code, location = self.redirects[request.match_info["key"]]
+        return web.Response(status=code, headers={"Location": location})
+
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        seen = Seen(request.path_qs, dict(request.headers))
+        self.seen.append(seen)
+        asset = self.assets[request.match_info["key"]]
+        if asset.status is not None:
+            seen.status = asset.status
+            return web.Response(
+                status=asset.status, body=asset.error_body, content_type=asset.error_type
+            )
+        span = self._span(asset, request.headers)
+        if span is None:
+            seen.status = 416
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(asset.body)}"})
+        start, end = span
+        seen.start = start
+        return await self._send(request, asset, seen, start, end)
+
+    def _span(self, asset: Asset, headers: object) -> tuple[int, int] | None:
+        """[start, end) to send; None when the range is not satisfiable."""
+        size = len(asset.body)
+        assert isinstance(headers, dict) or hasattr(headers, "get")
+        rng = headers.get("Range")  # type: ignore[attr-defined]
+        if_range = headers.get("If-Range")  # type: ignore[attr-defined]
+        if not rng or not asset.ranges or asset.ignore_range:
+            return 0, size
+        if if_range is not None and if_range != asset.etag:
+            return 0, size
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng)
+        assert m, rng
+        start = int(m.group(1))
+        end = int(m.group(2)) + 1 if m.group(2) else size
+        if start >= size:
+            return None
+        return start, min(end, size)
+
+    def _headers(self, asset: Asset, start: int, end: int, partial: bool) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if asset.etag:
+            headers["ETag"] = asset.etag
+        if asset.content_type:
+            headers["Content-Type"] = asset.content_type
+        if asset.disposition:
+            headers["Content-Disposition"] = asset.disposition
+        if asset.ranges:
+            headers["Accept-Ranges"] = "bytes"
+        if partial:
+            first = start + 1 if asset.bad_content_range else start
+            headers["Content-Range"] = f"bytes {first}-{end - 1}/{len(asset.body)}"
+        return headers
+
+    async def _send(
+        self, request: web.Request, asset: Asset, seen: Seen, start: int, end: int
+    ) -> web.StreamResponse:
+        partial = (start, end) != (0, len(asset.body))
+        seen.status = 206 if partial else 200
+        resp = web.StreamResponse(
+            status=seen.status, headers=self._headers(asset, start, end, partial)
+        )
+        if not asset.chunked:
+            resp.content_length = end - start + asset.extra_length
+        else:
+            resp.enable_chunked_encoding()
+        if asset.content_type is None:
+            resp.headers.popall("Content-Type", None)
+        await resp.prepare(request)
+        data = asset.body[start:end]
+        cut = self._cut_point(asset, start)
+        limit = len(data) if cut is None else min(cut, len(data))
+        for i in range(0, limit, 256 * 1024):
+            piece = data[i : min(i + 256 * 1024, limit)]
+            await resp.write(piece)
+            seen.served += len(piece)
+            if asset.stall_after is not None and seen.served >= asset.stall_after:
+                await asyncio.wait_for(self.release.wait(), 10)
+        if cut is not None or asset.extra_length:
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        await resp.write_eof()
+        return resp
+
+    def _cut_point(self, asset: Asset, start: int) -> int | None:
+        if asset.cut_after is None or asset.cut_times <= 0 or start != asset.cut_start:
+            return None
+        asset.cut_times -= 1
+        return asset.cut_after
+
+
+async def _start(server: Server) -> web.AppRunner:
+    runner = web.AppRunner(server.app(), handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    server.base = f"http://127.0.0.1:{port}"
+    return runner
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    runner = await _start(srv)
+    yield srv
+    srv.release.set()
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def server2() -> AsyncIterator[Server]:
+    srv = Server()
+    runner = await _start(srv)
+    yield srv
+    srv.release.set()
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with new_session(Timeouts(connect=5, stall=5)) as sess:
+        yield sess
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> OutputDir:
+    return OutputDir(tmp_path / "out")
+
+
+@dataclass
+class Calls:
+    states: list[TransferState] = field(default_factory=list)
+    progress: int = 0
+
+    @property
+    def last(self) -> TransferState:
+        return self.states[-1]
+
+    def on_progress(self, n: int) -> None:
+        self.progress += n
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    url: str,
+    out: OutputDir,
+    *,
+    calls: Calls | None = None,
+    state: TransferState | None = None,
+    options: TransferOptions | None = None,
+    owner: str = "image:1:original",
+    asset_id: str = "1",
+) -> TransferResult:
+    calls = calls if calls is not None else Calls()
+    return await transfer(
+        session,
+        url,
+        out=out,
+        owner=owner,
+        asset_id=asset_id,
+        state=state,
+        options=options or TransferOptions(),
+        on_state=calls.states.append,
+        on_progress=calls.on_progress,
+    )
+
+
+def body(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- plain download
+
+
+async def test_full_download_verified_and_named_from_disposition(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(3 * MiB + 123)
+    server.assets["x"] = Asset(data)
+    calls = Calls()
+    result = await fetch(session, server.url("/a/x"), out, calls=calls)
+    assert result.name == "GettyImages-1.jpg"
+    assert result.path == out.path / "GettyImages-1.jpg"
+    assert result.path.read_bytes() == data
+    assert result.sha256 == sha(data)
+    assert (result.bytes, result.refetched, result.resumed_from) == (len(data), 0, 0)
+    assert result.content_type == "image/jpeg"
+    assert not (out.path / "GettyImages-1.jpg.part").exists()
+    assert calls.progress == len(data)
+    first = calls.states[0]
+    assert (first.name, first.total, first.etag) == ("GettyImages-1.jpg", len(data), '"v1"')
+
+
+async def test_no_getty_headers_reach_the_delivery_host(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(body(1000))
+    await fetch(session, server.url("/a/x"), out)
+    (seen,) = server.seen
+    lowered = {k.lower(): v for k, v in seen.headers.items()}
+    assert "authorization" not in lowered
+    assert "api-key" not in lowered
+    assert "cookie" not in lowered
+    assert lowered["accept-encoding"] == "identity"
+    assert seen.path_qs == "/a/x" + SIG  # the signature is sent byte for byte
+
+
+async def test_session_with_default_credentials_is_refused(server: Server, out: OutputDir) -> None:
+    server.assets["x"] = Asset(b"data")
+    async with aiohttp.ClientSession(headers={"Api-Key": "k"}) as bad:
+        with pytest.raises(UsageError):
+            await fetch(bad, server.url("/a/x"), out)
+    assert server.seen == []
+
+
+async def test_name_falls_back_to_asset_id_and_content_type(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"movie", disposition=None, content_type="video/quicktime")
+    result = await fetch(session, server.url("/a/x"), out, asset_id="690773579")
+    assert result.name == "690773579.mov"
+
+
+async def test_two_assets_with_one_name_do_not_overwrite_each_other(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"first")
+    server.assets["y"] = Asset(b"second")
+    a = await fetch(session, server.url("/a/x"), out, owner="a")
+    b = await fetch(session, server.url("/a/y"), out, owner="b")
+    assert a.name != b.name
+    assert a.path.read_bytes() == b"first"
+    assert b.path.read_bytes() == b"second"
+
+
+async def test_chunked_body_without_length_is_accepted(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(2 * MiB + 5)
+    server.assets["x"] = Asset(data, chunked=True)
+    result = await fetch(session, server.url("/a/x"), out)
+    assert result.path.read_bytes() == data
+    assert result.sha256 == sha(data)
+
+
+# -------------------------------------------------------------------- redirects
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+async def test_each_redirect_code_is_followed(
+    code: int, server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"payload")
+    server.redirects["go"] = (code, "/a/x" + SIG)  # relative Location
+    result = await fetch(session, server.url("/r/go"), out)
+    assert result.path.read_bytes() == b"payload"
+    assert [s.path_qs.split("?")[0] for s in server.seen] == ["/r/go", "/a/x"]
+
+
+async def test_cross_origin_redirect_sends_no_credentials(
+    server: Server, server2: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server2.assets["x"] = Asset(b"elsewhere")
+    server.redirects["go"] = (303, server2.url("/a/x"))
+    result = await fetch(session, server.url("/r/go"), out)
+    assert result.path.read_bytes() == b"elsewhere"
+    (seen,) = server2.seen
+    assert not {"authorization", "api-key"} & {k.lower() for k in seen.headers}
+
+
+async def test_redirect_loop_is_refused(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.redirects["a"] = (302, "/r/b" + SIG)
+    server.redirects["b"] = (302, "/r/a" + SIG)
+    with pytest.raises(RedirectError, match="loop") as caught:
+        await fetch(session, server.url("/r/a"), out)
+    assert "TOPSECRET" not in str(caught.value)
+
+
+async def test_too_many_redirects_are_refused(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    for i in range(6):
+        server.redirects[str(i)] = (307, f"/r/{i + 1}")
+    server.redirects["6"] = (307, "/a/x")
+    server.assets["x"] = Asset(b"never")
+    with pytest.raises(RedirectError, match="more than 3 redirects"):
+        await fetch(session, server.url("/r/0"), out, options=TransferOptions(max_redirects=3))
+    assert len(server.seen) == 4
+
+
+async def test_redirect_to_plain_http_on_a_public_host_is_refused(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.redirects["go"] = (302, "http://203.0.113.7/x.jpg" + SIG)
+    with pytest.raises(RedirectError) as caught:
+        await fetch(session, server.url("/r/go"), out)
+    assert "TOPSECRET" not in str(caught.value)
+    assert not list(out.path.glob("*.jpg*"))
+
+
+async def test_redirect_without_location_is_refused(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.redirects["go"] = (302, "")
+    with pytest.raises(RedirectError):
+        await fetch(session, server.url("/r/go"), out)
+
+
+# ----------------------------------------------------------- refusals and errors
+
+
+async def test_xml_403_is_uri_expired_and_hides_the_signature(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(
+        b"",
+        status=403,
+        error_type="application/xml",
+        error_body=b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>",
+    )
+    with pytest.raises(UriExpiredError) as caught:
+        await fetch(session, server.url("/a/x"), out)
+    assert not caught.value.retryable
+    assert "TOPSECRET" not in str(caught.value)
+    assert "/a/x" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [400, 404])
+async def test_4xx_with_an_xml_body_is_uri_expired(
+    status: int, server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(
+        b"", status=status, error_type="text/xml", error_body=b"<Error>Request has expired</Error>"
+    )
+    with pytest.raises(UriExpiredError):
+        await fetch(session, server.url("/a/x"), out)
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_server_errors_are_retryable_delivery_errors(
+    status: int, server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"", status=status, error_type="text/plain", error_body=b"busy")
+    with pytest.raises(DeliveryError) as caught:
+        await fetch(session, server.url("/a/x"), out)
+    assert caught.value.retryable
+    assert not isinstance(caught.value, UriExpiredError)
+
+
+async def test_html_200_error_page_is_not_saved(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"<!DOCTYPE html><html>Oops</html>", content_type="text/html")
+    with pytest.raises(IntegrityError):
+        await fetch(session, server.url("/a/x"), out)
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+
+async def test_untyped_200_that_looks_like_html_is_not_saved(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"  <html><body>error</body></html>", content_type=None)
+    with pytest.raises(IntegrityError):
+        await fetch(session, server.url("/a/x"), out)
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+
+async def test_xml_access_denied_200_is_uri_expired(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"<Error><Code>AccessDenied</Code></Error>", content_type="text/xml")
+    with pytest.raises(UriExpiredError):
+        await fetch(session, server.url("/a/x"), out)
+
+
+async def test_connection_refused_is_a_connect_error(
+    session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    from bulkgetty.errors import ConnectError
+
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    with pytest.raises(ConnectError):
+        await fetch(session, f"http://127.0.0.1:{port}/a/x{SIG}", out)
+
+
+# ----------------------------------------------------------------------- resume
+
+
+async def test_resume_after_cut_does_not_refetch_bytes_on_disk(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(5 * MiB + 7)
+    server.assets["x"] = Asset(data, cut_after=3 * MiB + 100)
+    calls = Calls()
+    with pytest.raises(ReadError):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    state = calls.last
+    part = out.path / "GettyImages-1.jpg.part"
+    assert state.done > 0
+    assert part.stat().st_size == state.done
+    assert not (out.path / "GettyImages-1.jpg").exists()
+    served_before = server.served
+
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert result.path.read_bytes() == data
+    assert result.sha256 == sha(data)
+    assert result.resumed_from == state.done
+    assert result.refetched == 0
+    assert server.served - served_before == len(data) - state.done
+    resumed = server.seen[-1]
+    assert resumed.headers["Range"] == f"bytes={state.done}-"
+    assert resumed.headers["If-Range"] == '"v1"'
+
+
+async def test_resume_after_content_length_larger_than_body(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data, extra_length=1000)
+    calls = Calls()
+    with pytest.raises(ReadError):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    part = out.path / "GettyImages-1.jpg.part"
+    assert part.exists()
+    # aiohttp drops what it buffered when the connection fails, so fewer bytes may be on disk;
+    # the state never claims more than the disk holds.
+    assert calls.last.done == part.stat().st_size <= len(data)
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+
+async def test_resume_from_what_is_on_disk_when_part_was_truncated(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(3 * MiB)
+    server.assets["x"] = Asset(data)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:1000])
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=2 * MiB)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert result.resumed_from == 1000
+    assert result.sha256 == sha(data)
+
+
+async def test_resume_with_missing_part_starts_over(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(MiB)
+    server.assets["x"] = Asset(data)
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=5000)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert result.resumed_from == 0
+    assert "Range" not in server.seen[-1].headers
+    assert result.sha256 == sha(data)
+
+
+async def test_200_to_a_range_request_restarts_from_zero(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data, ignore_range=True)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:5000])
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=5000)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert result.path.read_bytes() == data
+    assert result.refetched == 5000
+    assert result.resumed_from == 0
+
+
+async def test_changed_etag_restarts_from_zero(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    new = body(MiB + 1)
+    server.assets["x"] = Asset(new, etag='"v2"')
+    (out.path / "GettyImages-1.jpg.part").write_bytes(b"old version bytes")
+    state = TransferState(name="GettyImages-1.jpg", total=len(new), etag='"v1"', done=17)
+    calls = Calls()
+    result = await fetch(session, server.url("/a/x"), out, state=state, calls=calls)
+    assert server.seen[-1].headers["If-Range"] == '"v1"'
+    assert result.path.read_bytes() == new
+    assert result.refetched == 17
+    assert calls.states[0].etag == '"v2"'
+
+
+async def test_wrong_content_range_is_rejected_and_state_reset(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(MiB)
+    server.assets["x"] = Asset(data, bad_content_range=True)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:4096])
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=4096)
+    calls = Calls()
+    with pytest.raises(IntegrityError) as caught:
+        await fetch(session, server.url("/a/x"), out, state=state, calls=calls)
+    assert caught.value.retryable
+    assert calls.last.done == 0
+    assert calls.last.name == "GettyImages-1.jpg"
+    assert (out.path / "GettyImages-1.jpg.part").stat().st_size == 0
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+
+async def test_416_with_a_complete_part_finishes_without_downloading(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(MiB)
+    server.assets["x"] = Asset(data)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data)
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=len(data))
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert server.seen[-1].status == 416
+    assert server.served == 0
+    assert result.path.read_bytes() == data
+    assert result.sha256 == sha(data)
+
+
+async def test_416_with_an_incomplete_part_restarts(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(1000)
+    server.assets["x"] = Asset(data)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(body(2000))
+    state = TransferState(name="GettyImages-1.jpg", total=3000, etag='"v1"', done=2000)
+    calls = Calls()
+    with pytest.raises(IntegrityError):
+        await fetch(session, server.url("/a/x"), out, state=state, calls=calls)
+    assert calls.last.done == 0
+    assert (out.path / "GettyImages-1.jpg.part").stat().st_size == 0
+
+
+async def test_stall_becomes_a_read_error(server: Server, out: OutputDir) -> None:
+    server.assets["x"] = Asset(body(2 * MiB), stall_after=256 * 1024)
+    async with new_session(Timeouts(connect=5, stall=0.5)) as slow:
+        calls = Calls()
+        with pytest.raises(ReadError, match="timed out"):
+            await fetch(slow, server.url("/a/x"), out, calls=calls)
+    assert calls.last.done == (out.path / "GettyImages-1.jpg.part").stat().st_size
+
+
+# --------------------------------------------------------------------- segments
+
+
+SEGMENTED = TransferOptions(segments=4, segment_threshold=MiB)
+
+
+async def test_segmented_download_is_verified(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(8 * MiB + 3)
+    server.assets["x"] = Asset(data)
+    calls = Calls()
+    result = await fetch(session, server.url("/a/x"), out, calls=calls, options=SEGMENTED)
+    assert result.path.read_bytes() == data
+    assert result.sha256 == sha(data)
+    assert calls.progress == len(data)
+    ranged = sorted(s.headers["Range"] for s in server.seen if "Range" in s.headers)
+    assert len(ranged) == 3
+    assert all(s.headers.get("If-Range") == '"v1"' for s in server.seen if "Range" in s.headers)
+    segs = calls.states[1].segments
+    assert [s.start for s in segs] == [0, segs[1].start, segs[2].start, segs[3].start]
+    assert segs[-1].end == len(data)
+    # the first response was dropped at the end of segment 0, not read to the end
+    assert server.seen[0].served < len(data)
+
+
+async def test_segment_resume_after_one_segment_fails(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(8 * MiB)
+    seg2_start = 4 * MiB
+    server.assets["x"] = Asset(data, cut_start=seg2_start, cut_after=MiB + 300)
+    calls = Calls()
+    with pytest.raises(ReadError):
+        await fetch(session, server.url("/a/x"), out, calls=calls, options=SEGMENTED)
+    state = calls.last
+    assert len(state.segments) == 4
+    assert state.segments[2].start == seg2_start
+    assert 0 < state.segments[2].done < state.segments[2].length
+    assert all(s.complete for i, s in enumerate(state.segments) if i != 2)
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+    state = TransferState.from_json(state.to_json())
+    before = len(server.seen)
+    result = await fetch(session, server.url("/a/x"), out, state=state, options=SEGMENTED)
+    assert result.sha256 == sha(data)
+    (again,) = server.seen[before:]
+    done = state.segments[2].done
+    assert again.headers["Range"] == f"bytes={seg2_start + done}-{6 * MiB - 1}"
+    assert again.served == 2 * MiB - done
+    assert result.resumed_from == state.done
+
+
+async def test_segment_with_wrong_content_range_resets_everything(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(4 * MiB)
+    server.assets["x"] = Asset(data, bad_content_range=True)
+    calls = Calls()
+    with pytest.raises(IntegrityError):
+        await fetch(session, server.url("/a/x"), out, calls=calls, options=SEGMENTED)
+    assert calls.last.segments == ()
+    assert calls.last.done == 0
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+
+async def test_no_segments_without_range_support(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(3 * MiB)
+    server.assets["x"] = Asset(data, ranges=False)
+    result = await fetch(session, server.url("/a/x"), out, options=SEGMENTED)
+    assert result.sha256 == sha(data)
+    assert len(server.seen) == 1
+
+
+# ------------------------------------------------------------------- state, misc
+
+
+def test_state_round_trips_through_json() -> None:
+    state = TransferState(
+        name="a.jpg",
+        total=10,
+        etag='"e"',
+        last_modified="Wed, 21 Oct 2015 07:28:00 GMT",
+        content_type="image/jpeg",
+        segments=(Segment(0, 5, 5), Segment(5, 10, 1)),
+        done=6,
+    )
+    assert TransferState.from_json(state.to_json()) == state
+    assert TransferState.from_json(TransferState().to_json()) == TransferState()
+
+
+def test_bad_state_json_is_a_journal_error() -> None:
+    from bulkgetty.errors import JournalError
+
+    for junk in (b"nope", b"[]", b'{"segments": [[1]]}', b'{"name": 3}'):
+        with pytest.raises(JournalError):
+            TransferState.from_json(junk)
+
+
+def test_redact_url_drops_query_and_userinfo() -> None:
+    assert (
+        redact_url("https://u:p@h.example:8443/p/x.jpg?sig=S#f") == "https://h.example:8443/p/x.jpg"
+    )
+
+
+async def test_storage_error_keeps_part_for_resume(
+    server: Server,
+    session: aiohttp.ClientSession,
+    out: OutputDir,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    data = body(3 * MiB)
+    server.assets["x"] = Asset(data)
+    real = os.pwrite
+    calls_made: list[int] = []
+
+    def full_after_one(fd: int, buf: bytes, offset: int) -> int:
+        calls_made.append(offset)
+        if len(calls_made) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, buf, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_after_one)
+    calls = Calls()
+    with pytest.raises(StorageError, match="disk full"):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    part = out.path / "GettyImages-1.jpg.part"
+    assert calls.last.done == part.stat().st_size > 0
+    monkeypatch.setattr(os, "pwrite", real)
+    result = await fetch(session, server.url("/a/x"), out, state=calls.last)
+    assert result.sha256 == sha(data)
+    assert result.refetched == 0
+
+
+async def test_state_keeps_name_across_runs(
+    server: Server, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data, cut_after=MiB + 10)
+    out1 = OutputDir(tmp_path / "o")
+    (tmp_path / "o" / "GettyImages-1.jpg").write_bytes(b"unrelated")
+    calls = Calls()
+    with pytest.raises(ReadError):
+        await fetch(session, server.url("/a/x"), out1, calls=calls)
+    assert calls.last.name == "GettyImages-1 (2).jpg"
+    out2 = OutputDir(tmp_path / "o")  # a new run
+    state = replace(calls.last)
+    result = await fetch(session, server.url("/a/x"), out2, state=state)
+    assert result.name == "GettyImages-1 (2).jpg"
+    assert result.refetched == 0
+    assert (tmp_path / "o" / "GettyImages-1.jpg").read_bytes() == b"unrelated"
