@@ -283,7 +283,7 @@ class _Attempt:
         if got != name:
             self.state = TransferState(name=got)
 
-    def _adopt_headers(self, resp: aiohttp.ClientResponse, total: int | None) -> None:
+    def _adopt_headers(self, resp: aiohttp.ClientResponse, total: int | None, done: int) -> None:
         """Fix the name, length and validators from accepted response headers; report them."""
         headers = resp.headers
         fresh = resp.status == 200  # a full body: its headers replace everything known
@@ -303,7 +303,7 @@ class _Attempt:
             last_modified=headers.get("Last-Modified") or old.last_modified,
             content_type=content_type,
             segments=(),
-            done=0 if fresh else self.state.done,
+            done=done,
         )
         self._emit()
 
@@ -394,7 +394,7 @@ class _Attempt:
             raise IntegrityError(f"206 to a request without Range from {redact_url(resp.url)}")
         else:
             total = _content_length(resp)
-        self._adopt_headers(resp, total)
+        self._adopt_headers(resp, total, start)
         name = self._name()
         if part is None:
             part = await open_part(self.out, name, size=None, resume=False)
