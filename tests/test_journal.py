@@ -560,3 +560,36 @@ def test_kill_9_mid_commits_keeps_every_committed_acquisition(tmp_path: Path) ->
         assert sum(totals.by_state.values()) == 3000
     finally:
         j.close()
+
+
+def test_uri_refused_is_never_trusted_again(journal: Journal) -> None:
+    """A URI the delivery host refused keeps its spend but no longer looks valid."""
+    run = journal.begin_run("m")
+    a = Asset("1")
+    journal.upsert([a], run)
+    journal.record_intent(a.key)
+    journal.record_acquired(a.key, "http://d/1", time.time() + 86_400)
+    before = time.time()
+    journal.record_uri_refused(a.key, "refused; --reacquire-expired")
+    rec = journal.get(a.key)
+    assert rec is not None
+    assert rec.state is AssetState.FAILED
+    assert rec.spends == 1
+    assert rec.uri_expires is not None and rec.uri_expires <= time.time()
+    assert rec.uri_expires >= before
+    assert rec.error == "refused; --reacquire-expired"
+
+
+def test_part_names_in_use_lists_only_unfinished_transfers(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    a, b, c = assets(3)
+    journal.upsert([a, b, c], run)
+    journal.save_progress(
+        {
+            a.key: b'{"name": "a.jpg", "done": 5}',
+            b.key: b'{"name": "b.jpg", "done": 5}',
+            c.key: b'{"done": 0}',
+        }
+    )
+    journal.record_done(b.key, path="b.jpg", size=10, sha256="0" * 64)
+    assert journal.part_names_in_use() == {"a.jpg"}
