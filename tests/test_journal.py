@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,9 @@ def assets(n: int, prefix: str = "") -> list[Asset]:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
+def journal(tmp_path: Path) -> Iterator[Journal]:
     j = Journal(tmp_path)
-    yield j  # type: ignore[misc]
+    yield j
     j.close()
 
 
