@@ -137,7 +137,8 @@ class Acquirer:
 
     async def _quota_reached(self, record: Record, exc: QuotaExceededError) -> Outcome:
         product = QuotaGate.product(record)
-        reason = f"download limit reached for {product}: {exc}"
+        code = exc.code or f"HTTP {exc.status}"
+        reason = f"download limit reached for {product} ({code}); run again when it resets"
         if product not in self.quota.exhausted:
             self.quota.exhausted[product] = reason
             self.emit(QuotaReached(product_type=record.asset.product_type, reason=reason))

@@ -55,6 +55,7 @@ PLAN_BATCH: Final = 500
 TICK: Final = 0.5
 
 Rows = Iterable[Asset] | AsyncIterable[Asset]
+_DOUBT = (AssetState.INTENT, AssetState.IN_DOUBT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,9 @@ class RunResult:
 class _Work:
     record: Record
     uri: str
+    #: The URI was bought again in this run (the asset had been paid for before): if it is
+    #: refused too, do not buy a third time.
+    rebought: bool = False
 
 
 @final
@@ -378,12 +382,14 @@ class Downloader:
                 if isinstance(result, Outcome):
                     self._finish(result)
                 elif result is not None:
-                    await xfer.send(_Work(record, result.uri))
+                    # An asset paid for before (or maybe, when in doubt) was bought again.
+                    rebought = record.spends > 0 or record.state in _DOUBT
+                    await xfer.send(_Work(record, result.uri, rebought=rebought))
 
     async def _buy(self, record: Record, *, resolve: bool = True) -> DownloadGrant | Outcome | None:
         """Resolve any doubt, then POST; None when the run is being aborted."""
         try:
-            in_doubt = record.state in (AssetState.INTENT, AssetState.IN_DOUBT)
+            in_doubt = record.state in _DOUBT
             if (
                 resolve
                 and in_doubt
@@ -440,7 +446,7 @@ class Downloader:
                 on_progress=on_progress,
             )
 
-        reacquired = False
+        reacquired = work.rebought
         while True:
             try:
                 result = await with_retries(self.policy, attempt)
