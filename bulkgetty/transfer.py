@@ -429,6 +429,8 @@ class _Attempt:
             got = await self._pump(resp, writer, limit=None, sniff=start == 0)
         finally:
             await self._save_progress()
+        if expected is not None and got > expected:
+            raise IntegrityError(f"body longer than its Content-Length from {_where(resp)}")
         if expected is not None and got != expected:
             raise ReadError(f"body ended after {got} of {expected} bytes from {_where(resp)}")
         total = writer.position
@@ -513,6 +515,7 @@ class _Attempt:
         if not errors:
             return
         if self.must_reset:
+            self.must_reset = False  # reset here, once
             raise await self._reset(part, str(errors[0])) from errors[0]
         final = [e for e in errors if isinstance(e, BulkGettyError) and not e.retryable]
         raise (final or errors)[0]
