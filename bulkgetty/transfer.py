@@ -364,10 +364,11 @@ class _Attempt:
         if self.state.name is None:
             return None, 0
         part = await open_part(self.out, self.state.name, size=None, resume=True)
-        start = min(self.state.done, part.size_on_disk) if self._can_resume() else 0
+        known = min(self.state.done, part.size_on_disk)  # done per journal *and* disk
+        start = known if self._can_resume() else 0
+        self.refetched += known - start
         if part.size_on_disk > start:
-            self.refetched += part.size_on_disk - start
-            await part.truncate(start)
+            await part.truncate(start)  # bytes past `done` were never confirmed: drop them
         return part, start
 
     def _can_resume(self) -> bool:

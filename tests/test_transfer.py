@@ -799,3 +799,29 @@ async def test_state_keeps_name_across_runs(
     assert result.name == "GettyImages-1 (2).jpg"
     assert result.refetched == 0
     assert (tmp_path / "o" / "GettyImages-1.jpg").read_bytes() == b"unrelated"
+
+
+async def test_resume_without_validator_relies_on_the_known_total(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(3 * MiB)
+    server.assets["x"] = Asset(data, etag=None, cut_after=2 * MiB)
+    calls = Calls()
+    with pytest.raises(ReadError):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    assert calls.last.total == len(data)
+    result = await fetch(session, server.url("/a/x"), out, state=calls.last)
+    assert result.sha256 == sha(data)
+    if calls.last.done:
+        assert "If-Range" not in server.seen[-1].headers
+        assert server.seen[-1].headers["Range"] == f"bytes={calls.last.done}-"
+
+
+async def test_no_segments_without_a_validator(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(3 * MiB)
+    server.assets["x"] = Asset(data, etag=None)
+    result = await fetch(session, server.url("/a/x"), out, options=SEGMENTED)
+    assert result.sha256 == sha(data)
+    assert len(server.seen) == 1
