@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -116,12 +116,11 @@ class Server:
         seen.start = start
         return await self._send(request, asset, seen, start, end)
 
-    def _span(self, asset: Asset, headers: object) -> tuple[int, int] | None:
+    def _span(self, asset: Asset, headers: Mapping[str, str]) -> tuple[int, int] | None:
         """[start, end) to send; None when the range is not satisfiable."""
         size = len(asset.body)
-        assert isinstance(headers, dict) or hasattr(headers, "get")
-        rng = headers.get("Range")  # type: ignore[attr-defined]
-        if_range = headers.get("If-Range")  # type: ignore[attr-defined]
+        rng = headers.get("Range")
+        if_range = headers.get("If-Range")
         if not rng or not asset.ranges or asset.ignore_range:
             return 0, size
         if if_range is not None and if_range != asset.etag:
