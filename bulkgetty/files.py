@@ -38,6 +38,7 @@ __all__ = (
     "OutputDir",
     "PartFile",
     "SequentialWriter",
+    "extension_for",
     "open_part",
     "parse_content_disposition",
     "safe_name",
