@@ -229,22 +229,10 @@ class Downloader:
         return RunResult(self.summary, self.report.path, code)
 
     async def _sweep_orphan_parts(self) -> None:
-        """Delete `.part` files no unfinished asset can resume into.
-
-        A kill can land after a `.part` was created and before the journal heard its name;
-        the rerun then starts that asset afresh under a new name, and the old `.part` belongs
-        to nobody. Only names ending in `.part` directly in DIR are ever considered.
-        """
+        """Remove `.part` files that no unfinished asset can resume into (see files.py)."""
         j = self.journal
         keep = await j.call(j.journal.part_names_in_use)
-        out_dir = Path(self.out.path)
-
-        def sweep() -> None:
-            for part in out_dir.glob("*.part"):
-                if part.is_file() and part.name[: -len(".part")] not in keep:
-                    part.unlink(missing_ok=True)
-
-        await asyncio.to_thread(sweep)
+        await asyncio.to_thread(self.out.remove_stale_parts, keep)
 
     def _exit_code(self) -> int:
         if self._fatal is not None:

@@ -279,6 +279,23 @@ class OutputDir:
         if name is not None:
             self._owner_of.pop(name.casefold(), None)
 
+    def remove_stale_parts(self, keep: set[str]) -> int:
+        """Delete `NAME.part` files directly in DIR whose NAME no unfinished asset holds.
+
+        A kill can land after a `.part` was created and before the journal heard its name;
+        the rerun then starts that asset afresh under a new name and the old `.part` belongs
+        to nobody. Call it only when no transfer is running. Returns how many were removed.
+        """
+        removed = 0
+        for part in Path(self.path).glob(f"*{PART_SUFFIX}"):
+            name = part.name[: -len(PART_SUFFIX)]
+            if name in keep or name.casefold() in self._owner_of or part.is_symlink():
+                continue
+            if part.is_file():
+                part.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def final_path(self, name: str) -> Path:
         """`DIR/name`, after checking that `name` is one plain component inside DIR."""
         if not _is_single_safe_component(name):
