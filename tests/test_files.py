@@ -376,9 +376,9 @@ async def test_sha256_file_whole_and_prefix(tmp_path: Path) -> None:
 def test_remove_stale_parts_keeps_resumable_and_reserved_parts_only(tmp_path: Path) -> None:
     """A `.part` nobody can resume into is removed; held or reserved ones and other files stay."""
     out = OutputDir(tmp_path)
+    assert out.reserve("held.jpg", "image/1") == "held.jpg"
     for name in ("orphan.jpg.part", "kept.jpg.part", "held.jpg.part", "photo.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
-    out.reserve("held.jpg", "image/1")
     assert out.remove_stale_parts({"kept.jpg"}) == 1
     left = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert left == ["held.jpg.part", "kept.jpg.part", "notes.txt", "photo.jpg"]
