@@ -523,3 +523,40 @@ def test_large_video_resumes_after_kill_without_starting_over(tmp_path: Path) ->
         assert start > size // 4
         assert_files_match(sb, out, report(out))
         assert sb.spends_by_asset() == {"video/9800001": 1}
+
+
+def test_sandbox_command_prints_url_and_credentials_that_a_run_can_use(tmp_path: Path) -> None:
+    """`bulkgetty sandbox` as its own process: what it prints is enough to run against it."""
+    server = start_cli("sandbox", "--port", "0", env=clean_env())
+    try:
+        assert server.stdout is not None
+        exports: dict[str, str] = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "GETTY_PASSWORD" not in exports:
+            line = server.stdout.readline()
+            if line.strip().startswith("export "):
+                name, _, value = line.strip()[len("export ") :].partition("=")
+                exports[name] = value
+        assert exports["GETTY_API_URL"].startswith("http://127.0.0.1:")
+        manifest = write_ids(tmp_path / "ids.txt", ["9900001", "9900002"])
+        done = cli("run", str(manifest), "--out", str(tmp_path / "o"), env=clean_env(exports))
+        assert done.returncode == 0, done.stderr
+        assert len(report(tmp_path / "o")) == 2
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=20)
+
+
+def test_ids_from_stdin(sandbox: SandboxThread, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    done = subprocess.run(
+        command(("run", "-", "--out", str(out))),
+        input="9910001\n# a comment\n9910002\n9910001\n",
+        env=clean_env(sandbox.credentials_env()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["id"] for r in report(out)) == ["9910001", "9910002"]
+    assert_spent_once(sandbox, ["9910001", "9910002"])
