@@ -297,3 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, UsageError):
             sys.stderr.write("bulkgetty: nothing was spent; see `bulkgetty run --help`\n")
         return exc.exit_code
+    except Exception as exc:  # a bug or an environment failure: one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        text = str(exc).split("?", 1)[0]  # never print a signed URL's query
+        sys.stderr.write(
+            f"bulkgetty: unexpected error: {type(exc).__name__}: {text}\n"
+            "bulkgetty: the journal keeps what was done; rerun with --debug for the traceback\n"
+        )
+        return 1
