@@ -7,7 +7,7 @@ import argparse
 import sys
 from urllib.parse import unquote, urlsplit
 
-import parfive
+import parfive  # type: ignore[import-untyped]
 
 
 def main() -> int:
