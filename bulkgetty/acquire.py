@@ -100,9 +100,7 @@ class Acquirer:
             reason = f"--max-downloads {self.budget.limit} reached in this run"
         if reason is None:
             return None
-        await self.journal.call(
-            self.journal.journal.record_not_spent, record.key, AssetState.WAITING_FOR_QUOTA, reason
-        )
+        self.journal.stage_waiting(record.key, reason)
         return Outcome(record.asset, Status.WAITING_FOR_QUOTA, error=reason)
 
     async def _post_once(self, record: Record) -> DownloadGrant | Outcome | BulkGettyError:

@@ -309,6 +309,18 @@ class Journal:
     def record_failed(self, key: str, error: str) -> None:
         self._update(key, "state = 'failed', error = ?", (error,))
 
+    def record_waiting_many(self, reasons: dict[str, str]) -> None:
+        """Assets refused before any POST (quota closed, cap reached): one transaction."""
+        if not reasons:
+            return
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE assets SET state = 'waiting_for_quota', error = ?, updated = ? "
+                "WHERE key = ? AND state IN ('pending', 'waiting_for_quota', 'failed')",
+                [(reason, now, key) for key, reason in reasons.items()],
+            )
+
     def save_progress(self, states: dict[str, bytes]) -> None:
         """One transaction for a batch of transfer states (validators, bytes per segment)."""
         if not states:
@@ -392,6 +404,7 @@ class AsyncJournal:
         self.journal = journal
         self._pool = pool
         self._staged: dict[str, bytes] = {}
+        self._waiting: dict[str, str] = {}
 
     @classmethod
     async def open(cls, out_dir: Path) -> AsyncJournal:
@@ -421,10 +434,17 @@ class AsyncJournal:
     def drop_progress(self, key: str) -> None:
         self._staged.pop(key, None)
 
+    def stage_waiting(self, key: str, reason: str) -> None:
+        """Nothing was spent, so this needs no commit of its own: batched with progress."""
+        self._waiting[key] = reason
+
     async def flush(self) -> None:
         staged, self._staged = self._staged, {}
+        waiting, self._waiting = self._waiting, {}
         if staged:
             await self.call(self.journal.save_progress, staged)
+        if waiting:
+            await self.call(self.journal.record_waiting_many, waiting)
 
     async def close(self) -> None:
         await self.flush()

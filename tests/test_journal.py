@@ -594,3 +594,21 @@ def test_part_names_in_use_lists_only_unfinished_transfers(journal: Journal) -> 
     )
     journal.record_done(b.key, path="b.jpg", size=10, sha256="0" * 64)
     assert journal.part_names_in_use() == {"a.jpg"}
+
+
+def test_waiting_for_quota_is_batched_and_never_overrides_a_purchase(tmp_path: Path) -> None:
+    """Refusals spend nothing, so they are written in one batch; an acquired asset keeps its URI."""
+    journal = Journal(tmp_path)
+    try:
+        run_id = journal.begin_run("m.txt")
+        a, b = Asset("1"), Asset("2")
+        journal.upsert([a, b], run_id)
+        journal.record_acquired(b.key, "https://d.example/x", 1e12)
+        journal.record_waiting_many({a.key: "limit reached", b.key: "limit reached"})
+        got_a, got_b = journal.get(a.key), journal.get(b.key)
+        assert got_a is not None and got_a.state is AssetState.WAITING_FOR_QUOTA
+        assert got_a.error == "limit reached"
+        assert got_b is not None and got_b.state is AssetState.ACQUIRED
+        assert got_b.uri == "https://d.example/x"
+    finally:
+        journal.close()
