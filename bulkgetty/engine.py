@@ -13,6 +13,7 @@ The planner reads the journal for each batch of rows and decides (plan.py) what 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
@@ -53,6 +54,8 @@ __all__ = ("Downloader", "RunResult", "run")
 PLAN_BATCH: Final = 500
 #: Progress events and journal progress flushes happen at most this often.
 TICK: Final = 0.5
+#: Unread events past which `events()` stops queueing progress snapshots.
+PROGRESS_BACKLOG: Final = 100
 
 Rows = Iterable[Asset] | AsyncIterable[Asset]
 _DOUBT = (AssetState.INTENT, AssetState.IN_DOUBT)
@@ -158,14 +161,14 @@ class Downloader:
 
     async def events(self, rows: Rows, *, manifest: str = "<api>") -> AsyncIterator[Event]:
         """Run, yielding every event as it happens; the last one is RunFinished."""
-        send, recv = anyio.create_memory_object_stream[Event](10_000)
+        # Per-asset events are never dropped (a slow consumer costs memory, not events);
+        # progress snapshots are skipped while the consumer is behind.
+        send, recv = anyio.create_memory_object_stream[Event](math.inf)
 
         def forward(event: Event) -> None:
-            try:
+            behind = send.statistics().current_buffer_used > PROGRESS_BACKLOG
+            if not (behind and isinstance(event, Progress)):
                 send.send_nowait(event)
-            except anyio.WouldBlock:
-                if not isinstance(event, Progress):
-                    raise
 
         self._listeners.append(forward)
         try:
