@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
@@ -40,7 +41,7 @@ from .events import (
     RunFinished,
     RunStarted,
 )
-from .files import OutputDir
+from .files import OutputDir, sha256_file
 from .http import Timeouts, check_url_scheme, new_session
 from .journal import AssetState, AsyncJournal, Record
 from .plan import Action, decide, reacquire_message
@@ -52,6 +53,8 @@ from .transfer import TransferOptions, TransferResult, TransferState, transfer
 __all__ = ("Downloader", "RunResult", "run")
 
 PLAN_BATCH: Final = 500
+#: The ` (N)` that `OutputDir.reserve` adds before the extension of a colliding name.
+_COPY_SUFFIX: Final = re.compile(r" \(\d+\)(\.[^.]*)?$")
 #: Progress events and journal progress flushes happen at most this often.
 TICK: Final = 0.5
 #: Unread events past which `events()` stops queueing progress snapshots.
@@ -200,6 +203,7 @@ class Downloader:
         self.budget = Budget(self.options.max_downloads)
         self.acquirer = Acquirer(self.client, j, self.budget, self.policy, self._emit)
         self._seen = 0
+        self._started_wall = time.time()
         self._bytes_moved = 0
         self._fatal: BulkGettyError | None = None
         self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
@@ -410,6 +414,9 @@ class Downloader:
         asset = record.asset
         j = self.journal
         state = TransferState.from_json(record.transfer) if record.transfer else None
+        adopted = await self._adopt_renamed(record, state)
+        if adopted is not None:
+            return adopted
         options = TransferOptions(
             segments=self.options.segments,
             segment_threshold=self.options.segment_threshold,
@@ -453,18 +460,52 @@ class Downloader:
                 uri = regrant.uri
             except BulkGettyError as exc:
                 return await self._fail(record, str(exc))
+        name = await self._collapse_duplicate(result)
         j.drop_progress(record.key)
         await j.call(
             j.journal.record_done,
             record.key,
-            path=result.name,
+            path=name,
             size=result.bytes,
             sha256=result.sha256,
         )
         self.out.release(record.key)
-        return Outcome(
-            asset, Status.DOWNLOADED, path=result.name, size=result.bytes, sha256=result.sha256
-        )
+        return Outcome(asset, Status.DOWNLOADED, path=name, size=result.bytes, sha256=result.sha256)
+
+    async def _adopt_renamed(self, record: Record, state: TransferState | None) -> Outcome | None:
+        """A kill between the final rename and the journal's `done` leaves the whole file
+        under the name this asset reserved, and no `.part`: record it as done instead of
+        fetching it again as `NAME (2).ext`. Only when its length is the one the journal
+        knows and no other asset owns the name."""
+        if state is None or state.name is None or state.total is None:
+            return None
+        name, j = state.name, self.journal
+        st = await asyncio.to_thread(self.out.renamed_stat, name)
+        size = None if st is None else st.st_size
+        if size is None or size != state.total or await j.call(j.journal.uses_name, name):
+            return None
+        digest = (await sha256_file(self.out.final_path(name))).hexdigest()
+        j.drop_progress(record.key)
+        await j.call(j.journal.record_done, record.key, path=name, size=size, sha256=digest)
+        return Outcome(record.asset, Status.DOWNLOADED, path=name, size=size, sha256=digest)
+
+    async def _collapse_duplicate(self, result: TransferResult) -> str:
+        """`NAME (2).ext` that is a byte-for-byte copy of an unowned `NAME.ext` older than this
+        run is what a kill after the rename leaves when the journal never heard the name (a
+        small file): keep the original, drop the copy, and return the name to record."""
+        base = _COPY_SUFFIX.sub(r"\1", result.name, count=1)
+        if base == result.name:
+            return result.name
+        st = await asyncio.to_thread(self.out.renamed_stat, base)
+        if st is None or st.st_size != result.bytes or st.st_mtime >= self._started_wall:
+            return result.name
+        j = self.journal
+        if await j.call(j.journal.uses_name, base):
+            return result.name
+        if (await sha256_file(self.out.final_path(base))).hexdigest() != result.sha256:
+            return result.name
+        await asyncio.to_thread(self.out.remove_duplicate, result.name, original=base)
+        return base
 
     async def _fail(self, record: Record, error: str, *, uri_refused: bool = False) -> Outcome:
         """Keep the .part and its state for the next run, and say why in journal and report."""

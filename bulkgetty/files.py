@@ -296,6 +296,30 @@ class OutputDir:
                 removed += 1
         return removed
 
+    def renamed_stat(self, name: str) -> os.stat_result | None:
+        """`lstat` of the regular file `DIR/name` when no `name.part` lies beside it, else None.
+
+        That is what a kill between the final rename and the journal's `done` leaves behind.
+        """
+        try:
+            if os.path.lexists(self.part_path(name)):
+                return None
+            st = os.lstat(self.final_path(name))
+        except (OSError, StorageError):
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    def remove_duplicate(self, name: str, *, original: str) -> None:
+        """Delete the finished file `name`: the caller proved it is a byte-for-byte copy of
+        `original`, which stays (a rerun after a kill fetched a file it already had)."""
+        if name == original:
+            raise StorageError(f"refusing to remove {name!r}: it is the original")
+        path = self.final_path(name)
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise _storage_error(exc, path, "remove a duplicate") from exc
+
     def final_path(self, name: str) -> Path:
         """`DIR/name`, after checking that `name` is one plain component inside DIR."""
         if not _is_single_safe_component(name):

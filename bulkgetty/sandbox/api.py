@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -95,6 +96,7 @@ def _gateway(handler: Handler, *, bearer: bool | None) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state = _state(request)
         state.stats.api_requests += 1
+        state.stats.api_request_times.append(time.monotonic())
         try:
             key = request.headers.get("Api-Key")
             if not key:
@@ -140,6 +142,7 @@ async def token(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     config = state.config
     state.stats.token_requests += 1
+    state.stats.api_request_times.append(time.monotonic())
     form = await request.post()
     fields = {k: str(v) for k, v in form.items()}
     client_id = fields.get("client_id", "")

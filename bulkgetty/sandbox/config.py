@@ -88,6 +88,11 @@ class Faults:
     html_error: Mapping[str, int] = field(default_factory=dict)
     #: id -> (status, times): the delivery answers this status (e.g. 500, 503) instead.
     status: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    #: id -> times: a Range request is answered 416 with `Content-Range: bytes */LENGTH`.
+    range_416: Mapping[str, int] = field(default_factory=dict)
+    #: id -> attempt: from this file GET on, the URI is refused as expired (it expires while
+    #: the file is being fetched; combine with `close_after` to cut the first attempt).
+    expire_from: Mapping[str, int] = field(default_factory=dict)
 
     # --- random faults ---
     #: Probability that a file GET not scripted above gets one of `fault_kinds`, chosen

@@ -96,7 +96,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if not state.signature_ok(path, exp, request.query.get("sig", "")):
         return _xml_error(403, "AccessDenied", "Access Denied")
     faults = config.faults
-    if asset_id in faults.expired or int(exp) <= state.now():
+    expire_from = faults.expire_from.get(asset_id)
+    expired_now = expire_from is not None and state.get_attempts[asset_id] >= expire_from
+    if asset_id in faults.expired or expired_now or int(exp) <= state.now():
         return _xml_error(403, "AccessDenied", "Request has expired")
     redirect = _redirect(request, state, asset_id, origins, index)
     if redirect is not None:
@@ -201,6 +203,8 @@ async def _serve(
     range_header = request.headers.get("Range")
     if range_header is not None and attempt >= faults.ignore_range.get(asset_id, 0):
         parsed = parse_range(range_header, length)
+        if attempt < faults.range_416.get(asset_id, 0):
+            parsed = False
         if parsed is False:
             headers["Content-Range"] = f"bytes */{length}"
             return web.Response(status=416, headers=headers)
@@ -221,7 +225,7 @@ async def _serve(
     if request.method == "HEAD":
         return response
     plan = _body_faults(state, asset_id, attempt, end - start, delta)
-    await _write_body(response, spec, start, end, state.config.bandwidth, plan)
+    await _write_body(response, state, spec, start, end, plan)
     transport = request.transport
     if plan.cut is not None and transport is not None:
         transport.close()
@@ -237,13 +241,14 @@ async def _serve(
 
 async def _write_body(
     response: web.StreamResponse,
+    state: SandboxState,
     spec: FileSpec,
     start: int,
     end: int,
-    bandwidth: int | None,
     plan: _BodyFaults,
 ) -> None:
     """Write [start, end) in large slices, honouring the cut-off, one stall and the cap."""
+    bandwidth = state.config.bandwidth
     limit = end if plan.cut is None else min(end, start + plan.cut)
     piece = WRITE_CHUNK if bandwidth is None else max(1024, min(WRITE_CHUNK, bandwidth // 10))
     stall_pos = None if plan.stall_at is None else start + plan.stall_at
@@ -257,6 +262,7 @@ async def _write_body(
             stop = stall_pos
         for chunk in spec.slices(pos, stop):
             await response.write(chunk)
+            state.stats.delivery_body_bytes += len(chunk)
         if bandwidth:
             await asyncio.sleep((stop - pos) / bandwidth)
         pos = stop

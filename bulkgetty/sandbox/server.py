@@ -111,6 +111,14 @@ class Sandbox:
     def reset_quota(self) -> None:
         self._state.reset_quota()
 
+    def issued_tokens(self) -> list[str]:
+        """Every access and refresh token this sandbox has issued (for leak scans)."""
+        return list(self._state.issued_tokens)
+
+    def revoke_access_tokens(self) -> int:
+        """Make every issued access token stale: the next call with one gets 401."""
+        return self._state.revoke_access_tokens()
+
     def expected(
         self,
         asset_type: str,
@@ -213,6 +221,14 @@ class SandboxThread:
 
     def reset_quota(self) -> None:
         self._run(self.sandbox.reset_quota)
+
+    def issued_tokens(self) -> list[str]:
+        tokens: list[str] = self._run(self.sandbox.issued_tokens)
+        return tokens
+
+    def revoke_access_tokens(self) -> int:
+        revoked: int = self._run(self.sandbox.revoke_access_tokens)
+        return revoked
 
     def expected(
         self,

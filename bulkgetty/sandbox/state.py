@@ -59,12 +59,17 @@ class SandboxStats:
     rejected_429: int = 0
     post_requests: collections.Counter[str] = field(default_factory=collections.Counter)
     delivery_requests: list[RecordedRequest] = field(default_factory=list)
+    #: File body bytes the delivery origins wrote, over all responses (re-fetches included).
+    delivery_body_bytes: int = 0
+    #: `time.monotonic()` of every API and token request, for requests-per-second checks.
+    api_request_times: list[float] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "token_requests": self.token_requests,
             "api_requests": self.api_requests,
             "rejected_429": self.rejected_429,
+            "delivery_body_bytes": self.delivery_body_bytes,
             "post_requests": dict(self.post_requests),
             "delivery_requests": [
                 {"origin": r.origin, "method": r.method, "path": r.path, "headers": r.headers}
@@ -100,6 +105,8 @@ class SandboxState:
         self.refresh_tokens: dict[str, float] = {}
         self.post_attempts: collections.Counter[str] = collections.Counter()
         self.get_attempts: collections.Counter[str] = collections.Counter()
+        #: Every access and refresh token ever issued: what a leak scan looks for.
+        self.issued_tokens: list[str] = []
         self._buckets: dict[str, _Bucket] = {}
         self.reset_quota()
 
@@ -142,11 +149,13 @@ class SandboxState:
 
     def issue_access_token(self, grant: str) -> str:
         token = secrets.token_urlsafe(24)
+        self.issued_tokens.append(token)
         self.access_tokens[token] = TokenInfo(grant, self.now() + self.config.expires_in)
         return token
 
     def issue_refresh_token(self) -> str:
         token = secrets.token_urlsafe(24)
+        self.issued_tokens.append(token)
         self.refresh_tokens[token] = self.now() + REFRESH_TOKEN_LIFETIME
         return token
 
@@ -155,6 +164,12 @@ class SandboxState:
         if info is None or info.expires_at <= self.now():
             return None
         return info
+
+    def revoke_access_tokens(self) -> int:
+        """Forget every access token (a key rotation, a server restart): each is now stale."""
+        count = len(self.access_tokens)
+        self.access_tokens.clear()
+        return count
 
     def refresh_token_valid(self, token: str) -> bool:
         expires = self.refresh_tokens.get(token)

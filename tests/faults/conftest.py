@@ -1,0 +1,224 @@
+"""The fault matrix: one audit of every run, from outside the process, and one matrix row each.
+
+`audit()` checks what issue 5 promises after a fault: every file hashes to the sandbox's,
+nothing outside the output folder, no `.part` after exit 0, spends == unique assets, no Getty
+header at a delivery origin, and no secret (API secret, password, any access or refresh
+token the sandbox issued) in stdout, stderr, the report, the journal or anything else under
+`DIR/.bulkgetty/`. `matrix.check(...)` records the row and asserts it is clean.
+
+With `BULKGETTY_FAULT_MATRIX=PATH` set, each test appends its rows (and its pytest result)
+to PATH as JSON lines; `python -m benchmarks.faults` runs the matrix and prints the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bulkgetty.sandbox import SandboxThread
+from tests.harness import report
+
+_GETTY_HEADERS = {"api-key", "authorization", "cookie"}
+_ROWS_KEY = "fault_matrix_rows"
+
+
+@dataclass(slots=True)
+class Audit:
+    """What one fault did to a folder, the ledger and the outputs."""
+
+    fault: str
+    assets: int
+    #: Assets that should be on disk at the end, and those that are, byte for byte.
+    expected_files: int
+    files_correct: int
+    #: Files in DIR that are neither a correct asset nor a resumable `.part`.
+    corrupt: int
+    spends_expected: int
+    spends_actual: int
+    double_spends: int
+    #: Body bytes the sandbox served beyond one copy of each file now on disk.
+    refetched: int
+    #: Secrets found in outputs, plus Getty headers seen by a delivery origin.
+    leaks: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return self.expected_files - self.files_correct
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+
+def _scan_texts(
+    out: Path, runs: Sequence[subprocess.CompletedProcess[str] | tuple[str, str]]
+) -> list[tuple[str, bytes]]:
+    texts: list[tuple[str, bytes]] = []
+    for i, run in enumerate(runs):
+        stdout, stderr = (run.stdout, run.stderr) if not isinstance(run, tuple) else run
+        texts.append((f"run {i} stdout", (stdout or "").encode()))
+        texts.append((f"run {i} stderr", (stderr or "").encode()))
+    state = out / ".bulkgetty"
+    if state.is_dir():
+        for path in sorted(state.rglob("*")):
+            if path.is_file():
+                texts.append((str(path.relative_to(out)), path.read_bytes()))
+    return texts
+
+
+def audit(
+    sb: SandboxThread,
+    out: Path,
+    ids: Sequence[str],
+    runs: Sequence[subprocess.CompletedProcess[str] | tuple[str, str]],
+    *,
+    fault: str,
+    asset_type: str = "image",
+    on_disk: Sequence[str] | None = None,
+    spends_expected: int | None = None,
+    root: Path | None = None,
+    allowed_in_root: Sequence[str] = (),
+) -> Audit:
+    """Check the outcome of the runs of one fault; `problems` lists every broken promise.
+
+    on_disk: the ids that must be on disk at the end (default: all of `ids`).
+    spends_expected: charged downloads the sandbox must show (default: one per unique id).
+    root: the test's folder; nothing but `out`, the manifest and `allowed_in_root` may be there.
+    """
+    unique = list(dict.fromkeys(ids))
+    want = list(dict.fromkeys(on_disk if on_disk is not None else unique))
+    problems: list[str] = []
+    final = runs[-1]
+    exit0 = not isinstance(final, tuple) and final.returncode == 0
+
+    rows = report(out) if (out / ".bulkgetty" / "report.jsonl").exists() else []
+    by_id = {r["id"]: r for r in rows}
+    good_names: set[str] = set()
+    correct = 0
+    on_disk_bytes = 0
+    for asset_id in want:
+        row = by_id.get(asset_id)
+        expected = sb.expected(asset_type, asset_id)
+        if row is None or row["status"] not in ("downloaded", "already_done"):
+            problems.append(
+                f"{asset_id}: not on disk ({row and row['status']}: {row and row['error']})"
+            )
+            continue
+        path = Path(row["path"])
+        if path.parent.resolve() != out.resolve():
+            problems.append(f"{asset_id}: {path} is not directly in {out}")
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+        if digest == expected.sha256 == row["sha256"]:
+            correct += 1
+            good_names.add(path.name)
+            on_disk_bytes += expected.length
+        else:
+            problems.append(f"{asset_id}: {path.name} does not hash to the sandbox's content")
+    if len(rows) != len(unique):
+        problems.append(f"report has {len(rows)} rows for {len(unique)} assets")
+
+    corrupt = 0
+    parts = []
+    for path in out.iterdir():
+        if path.name == ".bulkgetty":
+            continue
+        if path.name.endswith(".part"):
+            parts.append(path.name)
+        elif path.name not in good_names:
+            corrupt += 1
+            problems.append(f"unexpected file in the output folder: {path.name}")
+    if exit0 and parts:
+        problems.append(f".part left after exit 0: {parts}")
+    if root is not None:
+        allowed = {out.name, "ids.txt", *allowed_in_root}
+        stray = sorted(p.name for p in root.iterdir() if p.name not in allowed)
+        if stray:
+            problems.append(f"files outside the output folder: {stray}")
+
+    spends = sb.spends_by_asset()
+    actual = sum(spends.values())
+    expected_spends = len(unique) if spends_expected is None else spends_expected
+    doubles = sum(v - 1 for v in spends.values() if v > 1)
+    if doubles:
+        problems.append(f"bought twice: {[k for k, v in spends.items() if v > 1]}")
+    if actual != expected_spends:
+        problems.append(f"spends {actual}, expected {expected_spends}")
+
+    leaks = 0
+    for req in sb.stats.delivery_requests:
+        sent = {h.lower() for h in req.headers} & _GETTY_HEADERS
+        if sent:
+            leaks += 1
+            problems.append(f"delivery origin got {sorted(sent)} on {req.method} {req.path}")
+    secrets = [sb.config.api_secret, sb.config.password, *sb.issued_tokens()]
+    for where, blob in _scan_texts(out, runs):
+        for secret in secrets:
+            if secret and secret.encode() in blob:
+                leaks += 1
+                problems.append(f"a secret appears in {where}")
+
+    refetched = max(0, sb.stats.delivery_body_bytes - on_disk_bytes)
+    return Audit(
+        fault=fault,
+        assets=len(unique),
+        expected_files=len(want),
+        files_correct=correct,
+        corrupt=corrupt,
+        spends_expected=expected_spends,
+        spends_actual=actual,
+        double_spends=doubles,
+        refetched=refetched,
+        leaks=leaks,
+        problems=problems,
+    )
+
+
+class Matrix:
+    """Collects this test's matrix rows; `check` asserts the audit is clean."""
+
+    def __init__(self, node: pytest.Item) -> None:
+        self._node = node
+
+    def record(self, result: Audit, note: str = "") -> None:
+        row = {k: v for k, v in asdict(result).items() if k != "problems"}
+        row.update(lost=result.lost, note=note, problems=result.problems[:5])
+        self._node.user_properties.append((_ROWS_KEY, row))
+
+    def check(self, result: Audit, note: str = "") -> Audit:
+        self.record(result, note)
+        assert result.clean, "\n".join(result.problems)
+        return result
+
+
+@pytest.fixture
+def matrix(request: pytest.FixtureRequest) -> Matrix:
+    return Matrix(request.node)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Append this test's rows, with its result, to $BULKGETTY_FAULT_MATRIX."""
+    target = os.environ.get("BULKGETTY_FAULT_MATRIX")
+    if not target or (report.when != "call" and not (report.when == "setup" and report.skipped)):
+        return
+    rows = [value for key, value in report.user_properties if key == _ROWS_KEY]
+    if not rows:
+        rows = [{"fault": report.nodeid.rsplit("::", 1)[-1], "assets": 0}]
+    result = "skipped" if report.skipped else ("pass" if report.passed else "FAIL")
+    reason = ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+    with open(target, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(
+                json.dumps({**row, "test": report.nodeid, "result": result, "reason": reason})
+                + "\n"
+            )

@@ -1,0 +1,98 @@
+"""Shared helpers for tests that run the real CLI as a subprocess against the sandbox.
+
+Used by tests/e2e (the user's paths) and tests/faults (the fault matrix). Everything here
+checks from outside the process: files on disk, the report, the sandbox's ledger and counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bulkgetty.sandbox import SandboxThread
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clean_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GETTY_")}
+    env.update(extra)
+    return env
+
+
+def command(args: tuple[str, ...], *, prefix: tuple[str, ...] = ()) -> list[str]:
+    """The CLI command line; runs get a high --api-rate unless a test sets one (the default 5
+    queries/s is Getty's reality, not what a test of 40 assets should wait for).
+
+    `prefix` replaces `-m bulkgetty` (e.g. a crash-point wrapper script that then runs it).
+    """
+    extra = ["--api-rate", "500"] if args[:1] == ("run",) and "--api-rate" not in args else []
+    entry = list(prefix) if prefix else ["-m", "bulkgetty"]
+    return [sys.executable, *entry, *args, *extra]
+
+
+def cli(
+    *args: str,
+    env: Mapping[str, str],
+    timeout: float = 90,
+    prefix: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(args, prefix=prefix),
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def start_cli(
+    *args: str, env: Mapping[str, str], prefix: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command(args, prefix=prefix),
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def write_ids(path: Path, ids: list[str]) -> Path:
+    path.write_text("\n".join(ids) + "\n")
+    return path
+
+
+def report(out: Path) -> list[dict[str, Any]]:
+    lines = (out / ".bulkgetty" / "report.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_files_match(sb: SandboxThread, out: Path, rows: list[dict[str, Any]]) -> None:
+    """Every downloaded file is whole, inside DIR, and hashes to what the sandbox served."""
+    for row in rows:
+        if row["status"] not in ("downloaded", "already_done"):
+            continue
+        path = Path(row["path"])
+        assert path.parent.resolve() == out.resolve()
+        expected = sb.expected(row["asset_type"], row["id"])
+        assert sha256(path) == expected.sha256 == row["sha256"], row
+    assert not list(out.glob("*.part")), "a .part was left after a finished run"
+
+
+def assert_spent_once(sb: SandboxThread, ids: list[str], asset_type: str = "image") -> None:
+    spends = sb.spends_by_asset()
+    assert {k: v for k, v in spends.items() if v != 1} == {}
+    assert sorted(spends) == sorted(f"{asset_type}/{i}" for i in set(ids))
