@@ -43,7 +43,7 @@ class Audit:
     spends_expected: int
     spends_actual: int
     double_spends: int
-    #: Body bytes the sandbox served beyond one copy of each file now on disk.
+    #: Body bytes the sandbox served beyond one copy of each file on disk (and kept `.part`s).
     refetched: int
     #: Secrets found in outputs, plus Getty headers seen by a delivery origin.
     leaks: int
@@ -86,12 +86,14 @@ def audit(
     spends_expected: int | None = None,
     root: Path | None = None,
     allowed_in_root: Sequence[str] = (),
+    rebought: Sequence[str] = (),
 ) -> Audit:
     """Check the outcome of the runs of one fault; `problems` lists every broken promise.
 
     on_disk: the ids that must be on disk at the end (default: all of `ids`).
     spends_expected: charged downloads the sandbox must show (default: one per unique id).
     root: the test's folder; nothing but `out`, the manifest and `allowed_in_root` may be there.
+    rebought: ids the user allowed to buy a second time (--reacquire-expired).
     """
     unique = list(dict.fromkeys(ids))
     want = list(dict.fromkeys(on_disk if on_disk is not None else unique))
@@ -147,9 +149,11 @@ def audit(
     spends = sb.spends_by_asset()
     actual = sum(spends.values())
     expected_spends = len(unique) if spends_expected is None else spends_expected
-    doubles = sum(v - 1 for v in spends.values() if v > 1)
-    if doubles:
-        problems.append(f"bought twice: {[k for k, v in spends.items() if v > 1]}")
+    allowed = {f"{asset_type}/{i}": 2 for i in rebought}
+    twice = [k for k, v in spends.items() if v > allowed.get(k, 1)]
+    doubles = sum(v - allowed.get(k, 1) for k, v in spends.items() if k in twice)
+    if twice:
+        problems.append(f"bought twice: {twice}")
     if actual != expected_spends:
         problems.append(f"spends {actual}, expected {expected_spends}")
 
@@ -166,7 +170,8 @@ def audit(
                 leaks += 1
                 problems.append(f"a secret appears in {where}")
 
-    refetched = max(0, sb.stats.delivery_body_bytes - on_disk_bytes)
+    kept = sum((out / name).stat().st_size for name in parts)
+    refetched = max(0, sb.stats.delivery_body_bytes - on_disk_bytes - kept)
     return Audit(
         fault=fault,
         assets=len(unique),
