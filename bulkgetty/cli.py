@@ -24,7 +24,7 @@ from .assets import Asset
 from .auth import Credentials
 from .config import DEFAULT_API_RATE, DEFAULT_API_URL, RunOptions
 from .engine import Downloader, RunResult
-from .errors import BulkGettyError, ManifestError, UsageError
+from .errors import BulkGettyError, DiskFullError, ManifestError, UsageError
 from .events import Event
 from .journal import STATE_DIR
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
@@ -296,6 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"bulkgetty: error: {exc}\n")
         if isinstance(exc, UsageError):
             sys.stderr.write("bulkgetty: nothing was spent; see `bulkgetty run --help`\n")
+        elif isinstance(exc, DiskFullError):
+            sys.stderr.write(
+                "bulkgetty: free some space, then run the same command again: the journal is "
+                "consistent and partial files are kept\n"
+            )
         return exc.exit_code
     except Exception as exc:  # a bug or an environment failure: one line, not a traceback
         if args.debug:

@@ -31,7 +31,14 @@ from .api import DownloadGrant, GettyClient
 from .assets import Asset
 from .auth import Credentials, TokenProvider
 from .config import DEFAULT_API_URL, RunOptions
-from .errors import AuthenticationError, BulkGettyError, UriExpiredError, UsageError
+from .errors import (
+    AuthenticationError,
+    BulkGettyError,
+    DiskFullError,
+    StorageError,
+    UriExpiredError,
+    UsageError,
+)
 from .events import (
     AssetDone,
     AssetFailed,
@@ -120,6 +127,8 @@ class Downloader:
             self.out = await asyncio.to_thread(OutputDir, opts.out_dir)
         except OSError as exc:
             raise UsageError(f"cannot use output folder {opts.out_dir}: {exc.strerror}") from exc
+        except StorageError as exc:  # read-only, full, not ours: the run cannot start
+            raise UsageError(str(exc)) from exc
         self._journal = await AsyncJournal.open(Path(self.out.path))
         self._stack.push_async_callback(self._journal.close)
         timeouts = Timeouts(connect=opts.connect_timeout, stall=opts.stall_timeout)
@@ -208,7 +217,10 @@ class Downloader:
         self._fatal: BulkGettyError | None = None
         self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
         try:
-            await self._pipeline(rows, run_id)
+            try:
+                await self._pipeline(rows, run_id)
+            except BaseExceptionGroup as group:
+                raise _disk_full_in(group) or group from None
             await j.flush()
             await self._sweep_orphan_parts()
         finally:
@@ -458,6 +470,8 @@ class Downloader:
                 if isinstance(regrant, Outcome):
                     return regrant
                 uri = regrant.uri
+            except DiskFullError:
+                raise  # every asset would fail so, after being bought: stop the run
             except BulkGettyError as exc:
                 return await self._fail(record, str(exc))
         name = await self._collapse_duplicate(result)
@@ -526,6 +540,18 @@ class Downloader:
         if result is None:
             return Outcome(record.asset, Status.FAILED, error="run aborted")
         return result
+
+
+def _disk_full_in(group: BaseExceptionGroup[BaseException]) -> DiskFullError | None:
+    """The disk-full error that stopped a stage, so the caller sees it and not a group."""
+    for exc in group.exceptions:
+        if isinstance(exc, DiskFullError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _disk_full_in(exc)
+            if found is not None:
+                return found
+    return None
 
 
 async def _aiter(rows: Rows) -> AsyncIterator[Asset]:

@@ -17,6 +17,7 @@
     │   ├── IntegrityError         length, Content-Range, validator or content type mismatch
     │   └── RedirectError          loop, too many hops, refused scheme
     ├── StorageError               the output folder: disk full, permissions, unsafe path
+    │   └── DiskFullError          no space (ENOSPC, EDQUOT, SQLITE_FULL): the whole run stops
     └── JournalError               the journal is locked by another run, or inconsistent
 
 Why the flags live on the error: one retry policy (retry.py) decides from them alone, and
@@ -35,6 +36,7 @@ __all__ = (
     "BulkGettyError",
     "ConnectError",
     "DeliveryError",
+    "DiskFullError",
     "IntegrityError",
     "JournalError",
     "ManifestError",
@@ -194,6 +196,11 @@ class RedirectError(DeliveryError):
 
 class StorageError(BulkGettyError):
     """The output folder cannot take the file: disk full, read-only, unsafe path."""
+
+
+class DiskFullError(StorageError):
+    """The output folder's filesystem is full: every other asset would fail the same way
+    (after being bought), so the run stops; the journal and the `.part` files stay."""
 
 
 class JournalError(BulkGettyError):

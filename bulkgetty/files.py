@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
-from .errors import StorageError
+from .errors import DiskFullError, StorageError
 
 __all__ = (
     "MAX_NAME_BYTES",
@@ -650,4 +650,5 @@ _CAUSES: Final = {
 
 def _storage_error(exc: OSError, path: Path, what: str) -> StorageError:
     cause = _CAUSES.get(exc.errno or 0) or exc.strerror or type(exc).__name__
-    return StorageError(f"cannot {what} {path}: {cause}")
+    kind = DiskFullError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+    return kind(f"cannot {what} {path}: {cause}")

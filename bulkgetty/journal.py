@@ -30,7 +30,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 import orjson
 
 from .assets import Asset
-from .errors import JournalError
+from .errors import DiskFullError, JournalError
 
 __all__ = ("STATE_DIR", "AssetState", "AsyncJournal", "Journal", "Record", "RunTotals")
 
@@ -426,7 +426,14 @@ class AsyncJournal:
         """
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            # The transaction was rolled back: the journal holds what was committed before.
+            where = self.journal.state_dir
+            raise DiskFullError(f"cannot write the journal in {where}: disk full") from exc
 
     def stage_progress(self, key: str, state: bytes) -> None:
         self._staged[key] = state

@@ -7,6 +7,7 @@ secret can reach the report even if some lower layer let one into an error messa
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from typing import IO
 import orjson
 
 from .assets import Asset
+from .errors import DiskFullError, StorageError
 
 __all__ = ("Outcome", "Redactor", "ReportRow", "ReportWriter", "RunSummary", "Status")
 
@@ -148,9 +150,18 @@ class ReportWriter:
         row = outcome.row(self._out_dir)
         if row.error:
             row = ReportRow(**{**asdict(row), "error": self._redact(row.error)})
-        self._file.write(orjson.dumps(asdict(row)) + b"\n")
+        try:
+            self._file.write(orjson.dumps(asdict(row)) + b"\n")
+        except OSError as exc:
+            raise self._error(exc) from exc
         return row
 
     def close(self) -> None:
-        self._file.flush()
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: OSError) -> StorageError:
+        kind = DiskFullError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+        return kind(f"cannot write the report {self.path}: {exc.strerror or exc}")

@@ -92,8 +92,14 @@ def test_in_doubt_post_is_resolved_through_history_never_blind_retried(
         fixed = cli("run", str(manifest), "--out", str(out), "--reacquire-expired", env=env)
         assert fixed.returncode == 0, fixed.stderr
         result = audit(
-            sb, out, ids, [first, again, fixed], fault=f"in-doubt POST: {kind}",
-            spends_expected=len(ids) + 1, rebought=[hit], root=tmp_path,
+            sb,
+            out,
+            ids,
+            [first, again, fixed],
+            fault=f"in-doubt POST: {kind}",
+            spends_expected=len(ids) + 1,
+            rebought=[hit],
+            root=tmp_path,
         )
         matrix.check(result, note="1 extra spend, only with --reacquire-expired")
 
@@ -169,21 +175,25 @@ def test_invalid_api_key_exits_2_before_anything_is_spent(tmp_path: Path, matrix
         assert failed.returncode == 2
         assert "Traceback" not in failed.stderr
         assert len(failed.stderr.strip().splitlines()) <= 3, failed.stderr
-        result = audit(
-            sb, tmp_path / "o", [], [failed], fault="invalid API key", spends_expected=0
-        )
+        result = audit(sb, tmp_path / "o", [], [failed], fault="invalid API key", spends_expected=0)
         matrix.check(result, note=failed.stderr.strip().splitlines()[0][:70])
 
 
 #: name -> (sandbox config changes, manifest text, manifest suffix, what the report says).
 ENVELOPES: dict[str, tuple[dict[str, Any], str, str, str]] = {
     "404 ImageNotFound": (
-        {"missing_ids": frozenset({"9330001"})}, "9330001\n", ".txt", "ImageNotFound"
+        {"missing_ids": frozenset({"9330001"})},
+        "9330001\n",
+        ".txt",
+        "ImageNotFound",
     ),
     "404 FileDownloadSizeNotFound": ({}, "id,height\n9330001,20000\n", ".csv", "size"),
     "403 NoAccessToProductType": ({}, "id,product_type\n9330001,easyaccess\n", ".csv", "access"),
     "401 UserTokenRequired": (
-        {"client_credentials_can_download": False}, "9330001\n", ".txt", "user"
+        {"client_credentials_can_download": False},
+        "9330001\n",
+        ".txt",
+        "user",
     ),
 }
 
@@ -205,6 +215,13 @@ def test_each_error_envelope_fails_the_asset_clearly_and_spends_nothing(
         assert "Traceback" not in done.stderr
         said = done.stderr + (report(out)[0]["error"] if done.returncode == 1 else "")
         assert says.lower() in said.lower(), said
-        result = audit(sb, out, ["9330001"] if done.returncode == 1 else [], [done],
-                       fault=f"error envelope {name}", on_disk=[], spends_expected=0)
+        result = audit(
+            sb,
+            out,
+            ["9330001"] if done.returncode == 1 else [],
+            [done],
+            fault=f"error envelope {name}",
+            on_disk=[],
+            spends_expected=0,
+        )
         matrix.check(result, note=f"exit {done.returncode}: {said.strip()[:60]}")
