@@ -124,6 +124,8 @@ def _clean_component(raw: str) -> str:
     stem, ext = _split_ext(text)
     if stem.split(".", 1)[0].rstrip(" ").upper() in _RESERVED_WINDOWS:
         stem = "_" + stem
+    if ext.lower() == PART_SUFFIX:  # a finished file must never pass for a partial one
+        ext = "_part"
     return _fit(stem, ext, MAX_NAME_BYTES)
 
 

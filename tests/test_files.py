@@ -382,3 +382,21 @@ def test_remove_stale_parts_keeps_resumable_and_reserved_parts_only(tmp_path: Pa
     assert out.remove_stale_parts({"kept.jpg"}) == 1
     left = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert left == ["held.jpg.part", "kept.jpg.part", "notes.txt", "photo.jpg"]
+
+
+@pytest.mark.parametrize("raw", ["report.jsonl.part", "x.PART", ".part"])
+def test_a_finished_name_never_ends_in_part(raw: str) -> None:
+    """Else the end-of-run sweep of orphan `.part` files would delete a finished, paid file."""
+    name = safe_name(raw, asset_id="1", content_type="image/jpeg")
+    assert not name.lower().endswith(".part")
+
+
+def test_sweep_keeps_a_finished_file_named_from_a_part_suffixed_disposition(
+    tmp_path: Path,
+) -> None:
+    out = OutputDir(tmp_path)
+    name = out.reserve(safe_name("report.jsonl.part", asset_id="1", content_type=None), "a")
+    (tmp_path / name).write_bytes(b"finished")
+    out.release("a")
+    out.remove_stale_parts(keep=set())
+    assert (tmp_path / name).read_bytes() == b"finished"

@@ -132,7 +132,7 @@ def audit(
 
     corrupt = 0
     parts = []
-    for path in out.iterdir():
+    for path in out.iterdir() if out.is_dir() else ():
         if path.name == ".bulkgetty":
             continue
         if path.name.endswith(".part"):
