@@ -154,6 +154,7 @@ def test_a_million_row_manifest_runs_at_flat_memory(tmp_path: Path, matrix: Matr
                     allowed_in_root=[f"ids-{n}.txt" for n in peaks] + ["o-100000"],
                     root=tmp_path,
                 )
-                note = f"peak RSS {peaks[100_000] // 1024} MiB at 100k, {peaks[rows] // 1024} MiB at 1M"
+                small, large = peaks[100_000] // 1024, peaks[rows] // 1024
+                note = f"peak RSS {small} MiB at 100k rows, {large} MiB at 1M"
                 matrix.check(result, note=note)
     assert peaks[1_000_000] <= 1.5 * peaks[100_000], peaks
