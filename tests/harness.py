@@ -96,3 +96,33 @@ def assert_spent_once(sb: SandboxThread, ids: list[str], asset_type: str = "imag
     spends = sb.spends_by_asset()
     assert {k: v for k, v in spends.items() if v != 1} == {}
     assert sorted(spends) == sorted(f"{asset_type}/{i}" for i in set(ids))
+
+
+def grant_env(sb: SandboxThread, grant: str) -> dict[str, str]:
+    """Credentials env for one OAuth grant; token grants get a token bought here first."""
+    env = sb.credentials_env()
+    if grant == "client_credentials":
+        del env["GETTY_USERNAME"], env["GETTY_PASSWORD"]
+    elif grant in ("refresh_token", "access_token"):
+        token = password_token(sb)
+        del env["GETTY_USERNAME"], env["GETTY_PASSWORD"]
+        key = "GETTY_REFRESH_TOKEN" if grant == "refresh_token" else "GETTY_ACCESS_TOKEN"
+        env[key] = token[grant]
+    return env
+
+
+def password_token(sb: SandboxThread) -> dict[str, Any]:
+    import urllib.parse
+    import urllib.request
+
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "password",
+            "client_id": sb.config.api_key,
+            "client_secret": sb.config.api_secret,
+            "username": sb.config.username,
+            "password": sb.config.password,
+        }
+    ).encode()
+    with urllib.request.urlopen(f"{sb.api_url}/oauth2/token", data=form, timeout=10) as resp:
+        return dict(json.loads(resp.read()))
