@@ -213,7 +213,7 @@ def test_each_error_envelope_fails_the_asset_clearly_and_spends_nothing(
         done = cli("run", str(manifest), "--out", str(out), env=env)
         assert done.returncode in (1, 2), done.stderr
         assert "Traceback" not in done.stderr
-        said = done.stderr + (report(out)[0]["error"] if done.returncode == 1 else "")
+        said = report(out)[0]["error"] if done.returncode == 1 else done.stderr
         assert says.lower() in said.lower(), said
         result = audit(
             sb,

@@ -98,7 +98,8 @@ def test_bad_manifest_exits_2_naming_the_row_before_any_request(
         assert sb.stats.token_requests == 0 and sb.stats.api_requests == 0
         assert not out.exists() or not any(p for p in out.iterdir() if p.name != ".bulkgetty")
         result = audit(sb, out, [], [failed], fault=f"bad manifest: {name}", spends_expected=0)
-        matrix.check(result, note=failed.stderr.strip().splitlines()[0][-60:])
+        line = failed.stderr.strip().splitlines()[0].replace(str(tmp_path) + "/", "")
+        matrix.check(result, note=line[:80])
 
 
 def _peak_rss_kib(proc: subprocess.Popen[str]) -> int:
