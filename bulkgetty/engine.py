@@ -16,7 +16,7 @@ import asyncio
 import math
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +212,10 @@ class Downloader:
         self.budget = Budget(self.options.max_downloads)
         self.acquirer = Acquirer(self.client, j, self.budget, self.policy, self._emit)
         self._seen = 0
+        self._seen_digests: set[bytes] = set()
+        self._rows_read = 0
+        #: Assets read from the rows and not yet finished (bounded by the stream windows).
+        self._pending: dict[bytes, Asset] = {}
         self._started_wall = time.time()
         self._bytes_moved = 0
         self._fatal: BulkGettyError | None = None
@@ -221,6 +225,8 @@ class Downloader:
                 await self._pipeline(rows, run_id)
             except BaseExceptionGroup as group:
                 raise _disk_full_in(group) or group from None
+            if self._fatal is not None and self.acquirer.spends:
+                await self._report_unprocessed(rows)
             await j.flush()
             await self._sweep_orphan_parts()
         finally:
@@ -265,7 +271,6 @@ class Downloader:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._ticker)
             async with anyio.create_task_group() as tg:
-                self._stages = tg
                 tg.start_soon(self._plan, rows, run_id, acq_send, xfer_send.clone())
                 for _ in range(self.options.concurrency):
                     tg.start_soon(self._acquire_worker, acq_recv.clone(), xfer_send.clone())
@@ -291,6 +296,7 @@ class Downloader:
             )
 
     def _finish(self, outcome: Outcome) -> None:
+        self._pending.pop(outcome.asset.digest, None)
         self.summary.count(outcome)
         row = self.report.write(outcome)
         a = outcome.asset
@@ -310,11 +316,31 @@ class Downloader:
                 )
             )
 
+    async def _report_unprocessed(self, rows: Rows) -> None:
+        """After a fatal error mid-run, one report row for every asset not yet finished.
+
+        Those read but not finished are in `_pending`; the rows the planner never read follow
+        from the same iterator (a re-iterable is skipped past what was read).
+        """
+        why = f"not processed: the run stopped ({self._fatal}); run the same command again"
+        for asset in list(self._pending.values()):
+            self._finish(Outcome(asset, Status.FAILED, error=why))
+        skip = 0 if isinstance(rows, Iterator | AsyncIterator) else self._rows_read
+        async for asset in _aiter(rows):
+            if skip:
+                skip -= 1
+            elif asset.digest not in self._seen_digests:
+                self._seen_digests.add(asset.digest)
+                self._finish(Outcome(asset, Status.FAILED, error=why))
+
     def _abort(self, error: BulkGettyError) -> None:
-        """A fatal error (credentials refused): stop every stage, keep what is done."""
+        """A fatal error (credentials refused): start no new purchase, keep what is done.
+
+        Nothing is cancelled: a POST in flight is let finish (cancelling it would leave a
+        charged download without its URI), and what was bought is still transferred.
+        """
         if self._fatal is None:
             self._fatal = error
-        self._stages.cancel_scope.cancel()
 
     # stage: plan -----------------------------------------------------------------------
 
@@ -325,19 +351,23 @@ class Downloader:
         acq: MemoryObjectSendStream[Record],
         xfer: MemoryObjectSendStream[_Work],
     ) -> None:
-        seen: set[bytes] = set()
+        seen = self._seen_digests
         async with acq, xfer:
             batch: list[Asset] = []
             async for asset in _aiter(rows):
+                self._rows_read += 1
                 digest = asset.digest
                 if digest in seen:
                     continue
                 seen.add(digest)
+                self._pending[digest] = asset
+                if self._fatal is not None:
+                    return  # the rest is reported by _report_unprocessed
                 batch.append(asset)
                 if len(batch) >= PLAN_BATCH:
                     await self._plan_batch(batch, run_id, acq, xfer)
                     batch = []
-            if batch:
+            if batch and self._fatal is None:
                 await self._plan_batch(batch, run_id, acq, xfer)
 
     async def _plan_batch(
@@ -385,6 +415,8 @@ class Downloader:
     ) -> None:
         async with inbox, xfer:
             async for record in inbox:
+                if self._fatal is not None:
+                    continue  # stays pending: reported as not processed
                 result = await self._buy(record)
                 if isinstance(result, Outcome):
                     self._finish(result)

@@ -3,19 +3,20 @@
     BULKGETTY_TEST_CRASH_AT=after_rename:2 python tests/faults/crashpoint.py run ...
 
 Points: `before_rename:N` / `after_rename:N` (around the Nth `.part` -> final rename),
-`journal_commit:N` (inside the Nth journal write transaction, after its statements and
-before its COMMIT). Test-only: it patches private functions of the installed package, so a
-rename of those functions fails here loudly instead of silently testing nothing.
+`journal_commit:N` (inside the Nth journal transaction, after its statements and before
+its COMMIT, whether the journal commits one call or a group of them).
+
+Test-only: it patches private names of the installed package (`files._rename_noreplace`,
+`Journal._db`); if they move, the crash tests fail loudly instead of testing nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,23 @@ def _killer(nth: int) -> Callable[[], None]:
     return hit
 
 
+class _KillBeforeCommit:
+    """A sqlite3 connection whose Nth COMMIT is preceded by SIGKILL: the transaction's
+    statements have run, nothing of it is committed (whatever groups the journal makes)."""
+
+    def __init__(self, db: sqlite3.Connection, hit: Callable[[], None]) -> None:
+        self._db = db
+        self._hit = hit
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.strip().upper().startswith("COMMIT"):
+            self._hit()
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
 def install(spec: str) -> None:
     point, _, nth = spec.partition(":")
     hit = _killer(int(nth or "1"))
@@ -49,21 +67,13 @@ def install(spec: str) -> None:
 
         files._rename_noreplace = rename
     elif point == "journal_commit":
-        assert hasattr(journal.Journal, "_tx"), "Journal._tx moved: update crashpoint.py"
+        real_init = journal.Journal.__init__
 
-        @contextlib.contextmanager
-        def tx(self: Any) -> Iterator[sqlite3.Connection]:
-            db: sqlite3.Connection = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            hit()
-            db.execute("COMMIT")
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            real_init(self, *args, **kwargs)
+            self._db = _KillBeforeCommit(self._db, hit)
 
-        journal.Journal._tx = tx  # type: ignore[method-assign]
+        journal.Journal.__init__ = init  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown crash point {spec!r}")
 

@@ -225,3 +225,39 @@ def test_each_error_envelope_fails_the_asset_clearly_and_spends_nothing(
             spends_expected=0,
         )
         matrix.check(result, note=f"exit {done.returncode}: {said.strip()[:60]}")
+
+
+def test_credentials_refused_mid_run_finish_what_was_bought_and_report_every_row(
+    tmp_path: Path, matrix: Matrix
+) -> None:
+    """The API key stops working after some spends: buying stops, every asset already bought
+    is still transferred (delivery needs no credentials), every other row gets a report line
+    saying to run again (exit 1), and the rerun with a good key spends nothing twice."""
+    ids = [str(9_340_000 + i) for i in range(30)]
+    with SandboxThread(SandboxConfig(api_latency=0.05, delivery_latency=0.1)) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out), "--concurrency", "4")
+        proc = start_cli(*args, env=env)
+        deadline = time.monotonic() + 30
+        while sum(sb.spends_by_asset().values()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sb.configure(api_key="rotated-key")
+        stopped = proc.communicate(timeout=60)
+        assert proc.returncode == 1, stopped[1]
+        rows = report(out)
+        assert sorted(r["id"] for r in rows) == sorted(ids)
+        spent = sorted(k.split("/")[1] for k in sb.spends_by_asset())
+        downloaded = sorted(r["id"] for r in rows if r["status"] == "downloaded")
+        assert downloaded == spent, "an asset bought before the refusal was not transferred"
+        for row in rows:
+            if row["status"] == "failed":
+                assert "run the same command again" in row["error"], row
+        sb.configure(api_key="sandbox-key")
+        rerun = cli(*args, env=env)
+        assert rerun.returncode == 0, rerun.stderr
+        result = audit(
+            sb, out, ids, [stopped, rerun], fault="credentials refused mid-run", root=tmp_path
+        )
+        matrix.check(result, note=f"{len(spent)} bought before: all transferred; rest reported")
