@@ -55,6 +55,7 @@ MAX_NAME_BYTES: Final = 255 - len(PART_SUFFIX)
 #: Small writes are gathered until at least this many bytes, then written with one pwrite.
 WRITE_BATCH: Final = 2**20
 _READ_CHUNK: Final = 2**20
+_IOV_MAX: Final = 1024
 _MAX_EXT_BYTES: Final = 32
 _MAX_COLLISIONS: Final = 10_000
 #: Names handed to one thread hop that creates or renames a file (more only when all taken).
@@ -707,8 +708,17 @@ def _pwrite_all(
 
 
 def _write_chunks(fd: int, chunks: list[bytes], offset: int, hasher: Any | None) -> int:
-    data: bytes | bytearray = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return _pwrite_all(fd, data, offset, hasher)
+    """One pwritev for the whole batch (no join copy); a short write finishes with pwrite."""
+    if len(chunks) == 1 or len(chunks) > _IOV_MAX:
+        return _pwrite_all(fd, chunks[0] if len(chunks) == 1 else b"".join(chunks), offset, hasher)
+    total = sum(map(len, chunks))
+    done = os.pwritev(fd, chunks, offset)
+    if done < total:
+        _pwrite_all(fd, memoryview(b"".join(chunks))[done:], offset + done, None)
+    if hasher is not None:
+        for chunk in chunks:
+            hasher.update(chunk)
+    return total
 
 
 def _preallocate(fd: int, size: int) -> None:

@@ -10,8 +10,9 @@ Why it looks the way it does:
   detection, and nothing is forwarded to another host.
 - A URI's query string is its signature: messages show `scheme://host/path` only.
 - Size, name and range support come from the GET itself, never from a HEAD round trip.
-- Bytes are written in >= 1 MiB pwrites in a worker thread, hashed in the same hop, so the
-  event loop only moves buffers (baseline.md: the write path is CPU and syscall bound).
+- Bytes are taken as the socket delivered them and written in >= 1 MiB pwritev calls in a
+  worker thread, hashed in the same hop, so the event loop only moves buffers and nothing is
+  copied on the way to the page cache (baseline.md: the write path is CPU and syscall bound).
 - A resumed single stream hashes its prefix from disk once, then keeps hashing while it
   streams. A segmented file is hashed by re-reading it at the end (unavoidable).
 - Resume trusts a `.part` only as far as both the journal and the disk agree (the smaller),
@@ -173,8 +174,6 @@ class TransferOptions:
     segments: int = 4
     #: Only files of at least this many bytes are segmented.
     segment_threshold: int = 64 * 2**20
-    #: Largest single network read; writes are batched to >= 1 MiB regardless.
-    chunk_size: int = 2**20
     max_redirects: int = 10
     #: fsync the file before the rename, and the folder after it.
     durable: bool = True
@@ -596,12 +595,17 @@ class _Attempt:
         `flush=False` leaves the last batch queued for the caller's finishing hop.
         """
         received = 0
-        chunk_size = self.options.chunk_size
+        content = resp.content
         while limit is None or received < limit:
-            want = chunk_size if limit is None else min(chunk_size, limit - received)
-            chunk = await map_errors(partial(resp.content.read, want))
+            # Chunks as the socket delivered them: no join, no copy; the writer gathers them
+            # into one pwritev per MiB.
+            chunk, boundary = await map_errors(content.readchunk)
             if not chunk:
+                if boundary:  # the end of one HTTP/1.1 chunk of a chunked body: go on
+                    continue
                 break
+            if limit is not None and received + len(chunk) > limit:
+                chunk = chunk[: limit - received]
             if sniff and received == 0:
                 _sniff_error_page(chunk, resp)
             received += len(chunk)

@@ -309,13 +309,18 @@ async def test_sequential_writer_batches_small_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    real = os.pwrite
+    real, realv = os.pwrite, os.pwritev
 
     def counting(fd: int, data: bytes, offset: int) -> int:
         calls.append(len(data))
         return real(fd, data, offset)
 
+    def counting_v(fd: int, bufs: list[bytes], offset: int) -> int:
+        calls.append(sum(map(len, bufs)))
+        return realv(fd, bufs, offset)
+
     monkeypatch.setattr(os, "pwrite", counting)
+    monkeypatch.setattr(os, "pwritev", counting_v)
     out = OutputDir(tmp_path)
     part = await open_part(out, "a.bin", size=None, resume=False)
     hasher = hashlib.sha256()
@@ -325,7 +330,7 @@ async def test_sequential_writer_batches_small_writes(
         await writer.write(payload[i : i + 64 * 1024])
     await writer.flush()
     await part.close()
-    assert len(calls) == 4  # three full MiB batches and the tail
+    assert len(calls) == 4  # three full MiB batches and the tail, one syscall each
     assert writer.position == len(payload)
     assert hasher.hexdigest() == hashlib.sha256(payload).hexdigest()
     assert (tmp_path / "a.bin.part").read_bytes() == payload
