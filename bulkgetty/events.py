@@ -38,7 +38,8 @@ class Event:
     t: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"event": self.kind, "v": EVENT_SCHEMA_VERSION, **asdict(self)}
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {"event": self.kind, "v": EVENT_SCHEMA_VERSION, **fields}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -228,6 +228,8 @@ class RunDisplay:
             self.console.print(f"[yellow]quota reached:[/] {event.reason}")
         elif isinstance(event, RunFinished):
             self._spends = event.spends
+            done = event.downloaded + event.already_done + event.failed + event.waiting_for_quota
+            self._overall.update(self._files_task, completed=done)
 
     def _failed(self, event: AssetFailed) -> None:
         self._failures += 1
