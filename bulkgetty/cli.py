@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -187,7 +188,7 @@ def _add_plan(sub: SubParsers) -> None:
         sub, "plan", "what a run would spend, per product type, against what remains", PLAN_EXAMPLES
     )
     p.set_defaults(handler=plan_command)
-    p.add_argument("manifest", help="a .csv, .jsonl or .txt manifest")
+    p.add_argument("manifest", help="a .csv, .jsonl or .txt manifest, or - for ids on stdin")
     p.add_argument(
         "--out", type=Path, metavar="DIR", help="the run's output folder: count what is done"
     )
@@ -392,14 +393,19 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
     defaults = _defaults(args)
     if args.max_downloads is not None and args.max_downloads < 0:
         raise UsageError(f"--max-downloads must be 0 or more, got {args.max_downloads}")
-    summary = validate_manifest(args.manifest, defaults)
+    text = sys.stdin.read() if args.manifest == "-" else None  # stdin is read twice
+
+    def stdin() -> TextIO | None:
+        return io.StringIO(text) if text is not None else None
+
+    summary = validate_manifest(args.manifest, defaults, stdin=stdin())
     async with contextlib.AsyncExitStack() as stack:
         credentials, api_url, api_rate = await api_access(args, env, stack, emit)
         client = await stack.enter_async_context(
             open_client(credentials, api_url, api_rate=api_rate)
         )
         remaining = remaining_by_type(await client.products())
-    rows = (row.asset for row in read_manifest(args.manifest, defaults))
+    rows = (row.asset for row in read_manifest(args.manifest, defaults, stdin=stdin()))
     estimate_ = await asyncio.to_thread(
         lambda: estimate(
             journal_records(args.out, rows),

@@ -392,3 +392,17 @@ def test_not_a_terminal_gets_one_summary_line_and_no_bars(tmp_path: Path) -> Non
     assert done.stdout.count("\n") == 1
     assert done.stdout.startswith("2 assets: 2 downloaded")
     assert "\x1b[" not in done.stdout + done.stderr
+
+
+def test_plan_reads_ids_from_stdin() -> None:
+    done = subprocess.run(
+        command(("plan", "-", "--sandbox", "--json")),
+        input="7950001\n# comment\n7950002\n7950001\n",
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["unique_assets"] == 2 and plan["may_spend"] == 2 and plan["fits"] is True
