@@ -282,7 +282,7 @@ def _pty_run(
 ) -> tuple[int, str]:
     """Run the CLI on a 120x30 pseudo-terminal; returns (exit status, everything it drew).
 
-    With `interrupt_after`, a Ctrl-C (the terminal's own ^C) is typed once that text shows.
+    With `interrupt_after` (a regex), a Ctrl-C (the terminal's own ^C) is typed once it shows.
     """
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
@@ -314,7 +314,7 @@ def _pty_run(
                     break
                 chunks.append(data)
             drawn = ANSI.sub("", b"".join(chunks).decode(errors="replace"))
-            if interrupt_after and not interrupted and interrupt_after in drawn:
+            if interrupt_after and not interrupted and re.search(interrupt_after, drawn):
                 os.write(master, b"\x03")
                 interrupted = True
             if not ready and proc.poll() is not None:
@@ -370,7 +370,7 @@ def test_ctrl_c_on_a_terminal_stops_cleanly_and_the_rerun_finishes(tmp_path: Pat
         manifest = write_ids(tmp_path / "ids.txt", ids)
         out = tmp_path / "o"
         args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
-        code, screen = _pty_run((*args, "--concurrency", "1"), env, interrupt_after="spent ")
+        code, screen = _pty_run((*args, "--concurrency", "1"), env, interrupt_after=r"spent [1-9]")
         text = ANSI.sub("", screen)
         assert code == 130, text[-2000:]
         assert "run the same command again to resume" in text
