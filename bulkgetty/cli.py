@@ -596,9 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"bulkgetty: error: {emit.redact(str(exc))}\n")
         if isinstance(exc, UsageError):
-            sys.stderr.write(
-                f"bulkgetty: nothing was spent; see `bulkgetty {args.command} --help`\n"
-            )
+            spent = "nothing was spent; " if args.command in ("run", "plan") else ""
+            sys.stderr.write(f"bulkgetty: {spent}see `bulkgetty {args.command} --help`\n")
         return exc.exit_code
     except Exception as exc:  # a bug or an environment failure: one line, not a traceback
         if args.debug:

@@ -75,7 +75,8 @@ class JournalStatus:
     def lines(self) -> list[str]:
         """The human report, one fact a line."""
         out = [
-            f"{self.out_dir}: {self.assets} assets in the journal, {self.runs} runs",
+            f"{self.out_dir}: {self.assets} assets in the journal, {self.runs} run"
+            + ("" if self.runs == 1 else "s"),
             f"  done               {self.done:>8}  ({_mb(self.bytes_done)})",
             f"  acquired, unfinished {self.acquired:>6}  (bought; a rerun spends nothing on them)",
             f"  pending            {self.pending:>8}",

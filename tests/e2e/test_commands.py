@@ -15,6 +15,8 @@ import os
 import pty
 import re
 import select
+import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -406,3 +408,34 @@ def test_plan_reads_ids_from_stdin() -> None:
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["unique_assets"] == 2 and plan["may_spend"] == 2 and plan["fits"] is True
+
+
+def test_readme_commands_work_as_written_in_a_clone(tmp_path: Path) -> None:
+    """The quick start's "every other command" block, verbatim, in a copy of the clone."""
+    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
+    text = (REPO / "README.md").read_text()
+    block = text.split("Every other command works against the emulator too")[1]
+    block = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    commands = [shlex.split(line) for line in lines if line.startswith("bulkgetty ")]
+    assert [c[1] for c in commands] == ["plan", "status", "search", "sandbox"]
+    env = clean_env()
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command(tuple(argv[1:])),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+
+    quick = run(["bulkgetty", "run", "manifests/sample.csv", "--out", "downloads", "--sandbox"])
+    assert quick.returncode == 0, quick.stderr
+    for argv in commands[:3]:
+        done = run(argv)
+        assert done.returncode == 0, (argv, done.stderr)
+        no_traceback(done)
+    assert len(read_csv(tmp_path / "lakes.csv")) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "lakes.csv", "manifests"]
