@@ -369,7 +369,7 @@ class Emitter:
             self.display.handle(event)
 
     def note(self, text: str) -> None:
-        if not self.quiet and not self.json_mode:
+        if not self.quiet:
             self.err.write(text + "\n")
 
     def finished(self, result: RunResult) -> None:

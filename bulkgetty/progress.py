@@ -116,6 +116,8 @@ class QuotaView:
                 self.set_products(await products())
             except BulkGettyError as exc:
                 self.unavailable = str(exc)
+            except Exception as exc:  # the display must never break a run
+                self.unavailable = type(exc).__name__
 
         self._task = asyncio.get_running_loop().create_task(fetch())
 

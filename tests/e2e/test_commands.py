@@ -280,11 +280,17 @@ def test_every_json_line_of_a_real_run_validates_against_the_schema(tmp_path: Pa
 
 
 def _pty_run(
-    args: tuple[str, ...], env: dict[str, str], *, interrupt_after: str | None = None
+    args: tuple[str, ...],
+    env: dict[str, str],
+    *,
+    interrupt_after: str | None = None,
+    then: str | None = None,
 ) -> tuple[int, str]:
     """Run the CLI on a 120x30 pseudo-terminal; returns (exit status, everything it drew).
 
-    With `interrupt_after` (a regex), a Ctrl-C (the terminal's own ^C) is typed once it shows.
+    With `interrupt_after` (a regex), a Ctrl-C (the terminal's own ^C) is typed once it shows;
+    with `then` too, a second one once that shows after the first (signals sent together
+    would merge into one).
     """
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
@@ -301,7 +307,8 @@ def _pty_run(
     os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + 90
-    interrupted = False
+    waits = [w for w in (interrupt_after, then) if w]
+    seen = 0
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 0.2)
@@ -316,9 +323,10 @@ def _pty_run(
                     break
                 chunks.append(data)
             drawn = ANSI.sub("", b"".join(chunks).decode(errors="replace"))
-            if interrupt_after and not interrupted and re.search(interrupt_after, drawn):
+            if waits and (m := re.search(waits[0], drawn[seen:])):
                 os.write(master, b"\x03")
-                interrupted = True
+                seen += m.end()
+                waits.pop(0)
             if not ready and proc.poll() is not None:
                 break
         code = proc.wait(timeout=30)
@@ -439,3 +447,29 @@ def test_readme_commands_work_as_written_in_a_clone(tmp_path: Path) -> None:
         no_traceback(done)
     assert len(read_csv(tmp_path / "lakes.csv")) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "lakes.csv", "manifests"]
+
+
+def test_second_ctrl_c_exits_at_once_and_nothing_is_ever_bought_twice(tmp_path: Path) -> None:
+    """Two ^C in a row: exit 130 without waiting for transfers; the journal still holds."""
+    ids = [str(7_960_000 + i) for i in range(8)]
+    with SandboxThread(_slow_videos()) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
+        code, screen = _pty_run(
+            (*args, "--concurrency", "2"),
+            env,
+            interrupt_after=r"spent [1-9]",
+            then=r"Ctrl-C again to exit at once",
+        )
+        text = ANSI.sub("", screen)
+        assert code == 130, text[-2000:]
+        assert "stopped at once; run the same command to resume" in text
+        assert screen.rfind("\x1b[?25h") > screen.rfind("\x1b[?25l")  # cursor back
+        again = cli(*args, env=env)
+        assert again.returncode in (0, 1), again.stderr
+        spends = sb.spends_by_asset()
+        assert set(spends.values()) == {1} and sorted(spends) == [f"video/{i}" for i in ids]
+        for row in report(out):  # a purchase cut off mid-answer is named, never re-bought
+            assert row["status"] == "downloaded" or "--reacquire-expired" in row["error"], row
