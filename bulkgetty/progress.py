@@ -265,12 +265,15 @@ class RunDisplay:
 
 
 def _size(n: int) -> str:
+    """Decimal units, as rich's download columns use."""
+    if n < 1000:
+        return f"{n} B"
     value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+    for unit in ("kB", "MB", "GB"):
         value /= 1000
-    raise AssertionError("unreachable")
+        if value < 1000 or unit == "GB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def summary_table(event: RunFinished) -> Table:
