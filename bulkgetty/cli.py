@@ -36,7 +36,7 @@ from .events import AssetAcquired, AssetFailed, Event, RunFinished
 from .history import HistoryFilter, history_to_manifest
 from .journal import STATE_DIR
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
-from .plan import PlanEstimate, estimate, journal_records, remaining_by_type
+from .plan import estimate, journal_records, remaining_by_type
 from .progress import QuotaView, RunDisplay, summary_table
 from .search import search_to_manifest
 from .status import journal_status
@@ -420,53 +420,10 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
         data = {"manifest": args.manifest, "unique_assets": summary.unique, **estimate_.to_dict()}
         emit.out.write(orjson.dumps(data).decode() + "\n")
     else:
-        emit.out.write("\n".join(plan_lines(args.manifest, summary.unique, estimate_)) + "\n")
-    return 3 if estimate_.fits is False else 0
-
-
-def plan_lines(manifest: str, unique: int, plan: PlanEstimate) -> list[str]:
-    header = [
-        "product type",
-        "assets",
-        "done",
-        "transfer",
-        "to buy",
-        "in doubt",
-        "expired",
-        "remaining",
-        "fits",
-    ]
-    rows: list[list[str]] = [header]
-    for p in plan.products:
-        remaining = "?" if p.remaining is None else str(p.remaining)
-        rows.append(
-            [
-                p.product_type,
-                str(p.assets),
-                str(p.already_done),
-                str(p.transfer_only),
-                str(p.to_acquire),
-                str(p.in_doubt),
-                str(p.needs_reacquire),
-                remaining,
-                _verdict(p.fits),
-            ]
+        emit.out.write(
+            "\n".join(estimate_.lines(f"{args.manifest}: {summary.unique} assets")) + "\n"
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [f"{manifest}: {unique} assets"]
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
-        ]
-        lines.append("  " + "  ".join(cells))
-    cap = "" if plan.max_downloads is None else f" (--max-downloads {plan.max_downloads})"
-    verdict = {True: "the run fits", False: "some assets would wait for quota", None: "unknown"}
-    lines.append(f"at most {plan.may_spend} downloads would be spent{cap}: {verdict[plan.fits]}")
-    return lines
-
-
-def _verdict(fits: bool | None) -> str:
-    return {True: "yes", False: "NO", None: "?"}[fits]
+    return 3 if estimate_.fits is False else 0
 
 
 # status ----------------------------------------------------------------------------------

@@ -147,6 +147,31 @@ class PlanEstimate:
             return False
         return None if None in verdicts else True
 
+    def lines(self, title: str) -> list[str]:
+        """The human table: one row per product type, then the verdict."""
+        header = ["product type", "assets", "done", "transfer", "to buy", "in doubt"]
+        header += ["expired", "remaining", "fits"]
+        rows = [header]
+        for p in self.products:
+            counts = (p.assets, p.already_done, p.transfer_only, p.to_acquire, p.in_doubt)
+            remaining = "?" if p.remaining is None else str(p.remaining)
+            fits = {True: "yes", False: "NO", None: "?"}[p.fits]
+            rows.append(
+                [p.product_type, *map(str, counts), str(p.needs_reacquire), remaining, fits]
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = [title]
+        for r in rows:
+            cells = [r[0].ljust(widths[0])]
+            cells += [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+            lines.append("  " + "  ".join(cells))
+        cap = "" if self.max_downloads is None else f" (--max-downloads {self.max_downloads})"
+        verdict = {True: "the run fits", False: "some assets would wait for quota", None: "unknown"}
+        lines.append(
+            f"at most {self.may_spend} downloads would be spent{cap}: {verdict[self.fits]}"
+        )
+        return lines
+
     def to_dict(self) -> dict[str, object]:
         return {
             "products": [
