@@ -268,10 +268,14 @@ async def api_access(
         emit.note(f"sandbox: Getty API emulator at {sandbox.api_url}")
     credentials = Credentials.from_env(env)
     api_url = args.api_url or env.get("GETTY_API_URL") or DEFAULT_API_URL
-    api_rate = args.api_rate
-    if api_rate is None:
-        api_rate = None if getattr(args, "sandbox", False) else DEFAULT_API_RATE
-    return credentials, api_url, api_rate
+    return credentials, api_url, api_rate(args)
+
+
+def api_rate(args: argparse.Namespace) -> float | None:
+    """--api-rate, or Getty's low default (unlimited against the embedded sandbox)."""
+    if args.api_rate is not None:
+        return float(args.api_rate)
+    return None if getattr(args, "sandbox", False) else DEFAULT_API_RATE
 
 
 def _defaults(args: argparse.Namespace) -> ManifestDefaults:
@@ -281,13 +285,13 @@ def _defaults(args: argparse.Namespace) -> ManifestDefaults:
 # run -------------------------------------------------------------------------------------
 
 
-def run_options(args: argparse.Namespace, api_rate: float | None) -> RunOptions:
+def run_options(args: argparse.Namespace, rate: float | None) -> RunOptions:
     return RunOptions(
         out_dir=args.out,
         concurrency=args.concurrency,
         max_downloads=args.max_downloads,
         auto_download=args.auto_download,
-        api_rate=api_rate,
+        api_rate=rate,
         segments=args.segments,
         reacquire_expired=args.reacquire_expired,
         stall_timeout=args.stall_timeout,
@@ -316,10 +320,10 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
     manifest = Path(args.manifest)
     if args.manifest == "-":
         manifest = spool_stdin(args.out, sys.stdin)
+    options = run_options(args, api_rate(args))  # bad options fail before anything starts
     summary = validate_manifest(manifest, defaults)  # every bad row named before any spend
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, api_rate = await api_access(args, env, stack, emit)
-        options = run_options(args, api_rate)
+        credentials, api_url, _ = await api_access(args, env, stack, emit)
         downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
         emit.redact = downloader.redact
         await stack.enter_async_context(downloader)
@@ -400,10 +404,8 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
 
     summary = validate_manifest(args.manifest, defaults, stdin=stdin())
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, api_rate = await api_access(args, env, stack, emit)
-        client = await stack.enter_async_context(
-            open_client(credentials, api_url, api_rate=api_rate)
-        )
+        credentials, api_url, rate = await api_access(args, env, stack, emit)
+        client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
         remaining = remaining_by_type(await client.products())
     rows = (row.asset for row in read_manifest(args.manifest, defaults, stdin=stdin()))
     estimate_ = await asyncio.to_thread(
@@ -444,10 +446,8 @@ async def status_command(args: argparse.Namespace, env: Mapping[str, str], emit:
 async def history_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
     filters = HistoryFilter(args.date_from, args.date_to, args.product_type, args.company)
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, api_rate = await api_access(args, env, stack, emit)
-        client = await stack.enter_async_context(
-            open_client(credentials, api_url, api_rate=api_rate)
-        )
+        credentials, api_url, rate = await api_access(args, env, stack, emit)
+        client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
         written, read = await history_to_manifest(client, args.out, filters)
     emit.out.write(f"{args.out}: {written} assets from {read} earlier downloads\n")
     return 0
@@ -455,10 +455,8 @@ async def history_command(args: argparse.Namespace, env: Mapping[str, str], emit
 
 async def search_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, api_rate = await api_access(args, env, stack, emit)
-        client = await stack.enter_async_context(
-            open_client(credentials, api_url, api_rate=api_rate)
-        )
+        credentials, api_url, rate = await api_access(args, env, stack, emit)
+        client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
         written = await search_to_manifest(
             client, args.phrase, args.out, asset_type=args.asset_type, limit=args.limit
         )
