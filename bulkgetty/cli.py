@@ -36,7 +36,7 @@ from .events import AssetAcquired, AssetFailed, Event, RunFinished
 from .history import HistoryFilter, history_to_manifest
 from .journal import STATE_DIR
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
-from .plan import estimate, journal_records, remaining_by_type
+from .plan import estimate, journal_records, remaining_quota
 from .progress import QuotaView, RunDisplay, summary_table
 from .search import search_to_manifest
 from .status import journal_status
@@ -406,7 +406,9 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
     async with contextlib.AsyncExitStack() as stack:
         credentials, api_url, rate = await api_access(args, env, stack, emit)
         client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
-        remaining = remaining_by_type(await client.products())
+        remaining, why = await remaining_quota(client)
+    if why is not None:
+        emit.err.write(f"bulkgetty: downloads remaining are unknown: {why}\n")
     rows = (row.asset for row in read_manifest(args.manifest, defaults, stdin=stdin()))
     estimate_ = await asyncio.to_thread(
         lambda: estimate(

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from .api import ProductInfo
+from .api import GettyClient, ProductInfo
 from .assets import Asset
+from .errors import ApiError, AuthenticationError
 from .journal import STATE_DIR, AssetState, Journal, Record
 
 __all__ = (
@@ -28,6 +29,7 @@ __all__ = (
     "journal_records",
     "reacquire_message",
     "remaining_by_type",
+    "remaining_quota",
 )
 
 #: A URI this close to its expiry is treated as expired: a video may take longer than that.
@@ -196,6 +198,29 @@ def remaining_by_type(
         if p.status in (None, "active") and p.downloads_remaining is not None:
             left[p.type] = left.get(p.type, 0) + p.downloads_remaining + (p.overage_remaining or 0)
     return left
+
+
+#: Answers of `/v3/products` that mean "not for this key", not "credentials refused".
+PRODUCTS_NOT_FOR_THIS_KEY = frozenset(
+    {"UserTokenRequired", "NoAgreement", "InsufficientPermissions"}
+)
+
+
+async def remaining_quota(client: GettyClient) -> tuple[dict[str, int] | None, str | None]:
+    """(remaining per product type, None), or (None, why) when the key may not list products.
+
+    `/v3/products` needs a user token (getty-api.md §6): a client_credentials key is refused
+    with UserTokenRequired, and the plan is still worth showing without the remainders.
+    Refused credentials (a bad key or secret) still raise.
+    """
+    try:
+        return remaining_by_type(await client.products()), None
+    except AuthenticationError as exc:
+        if exc.code not in PRODUCTS_NOT_FOR_THIS_KEY:
+            raise
+        return None, str(exc)
+    except ApiError as exc:
+        return None, str(exc)
 
 
 def estimate(

@@ -5,8 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+from aiohttp import web
+
 from bulkgetty.api import ProductInfo
 from bulkgetty.assets import Asset
+from bulkgetty.auth import Credentials
+from bulkgetty.connect import open_client
+from bulkgetty.errors import AuthenticationError
 from bulkgetty.journal import AssetState, Journal, Record
 from bulkgetty.plan import (
     DEFAULT_PRODUCT,
@@ -15,6 +21,7 @@ from bulkgetty.plan import (
     estimate,
     journal_records,
     remaining_by_type,
+    remaining_quota,
 )
 
 NOW = 1_800_000_000.0
@@ -126,3 +133,50 @@ def test_journal_records_reads_the_journal_read_only_and_fills_in_new_assets(
         AssetState.PENDING
     ]
     assert not (tmp_path / "never-run").exists()
+
+
+async def _products_server(status: int, body: dict[str, str]) -> tuple[web.AppRunner, str]:
+    """A real server on 127.0.0.1: a token for anyone, `/v3/products` answers `status`."""
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"access_token": "token-789", "token_type": "Bearer", "expires_in": 1800}
+        )
+
+    async def products(request: web.Request) -> web.Response:
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", token)
+    app.router.add_get("/v3/products", products)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+CREDS = Credentials(api_key="test-key-123", api_secret="test-secret-456")
+
+
+async def test_a_key_that_may_not_list_products_gives_a_plan_without_remainders() -> None:
+    body = {"ErrorCode": "UserTokenRequired", "ErrorMessage": "Security token must contain a user."}
+    runner, url = await _products_server(401, body)
+    try:
+        async with open_client(CREDS, url, api_rate=None) as client:
+            remaining, why = await remaining_quota(client)
+    finally:
+        await runner.cleanup()
+    assert remaining is None
+    assert why is not None and "UserTokenRequired" in why
+
+
+async def test_refused_credentials_still_stop_the_plan() -> None:
+    runner, url = await _products_server(401, {"message": "Unauthorized"})
+    try:
+        async with open_client(CREDS, url, api_rate=None) as client:
+            with pytest.raises(AuthenticationError):
+                await remaining_quota(client)
+    finally:
+        await runner.cleanup()
