@@ -47,6 +47,7 @@ from .errors import (
     UsageError,
 )
 from .files import (
+    HashFollower,
     NewPart,
     OutputDir,
     PartFile,
@@ -271,6 +272,8 @@ class _Attempt:
     must_reset: bool = False
     #: The cleaned server name a new file should get; the `.part`'s creation settles it.
     wanted: str | None = None
+    #: Hashes a segmented file behind its writers (woken by every write).
+    follower: HashFollower | None = None
 
     async def run(self) -> TransferResult:
         _check_hop(self.uri, what="delivery URI")
@@ -330,6 +333,8 @@ class _Attempt:
 
     def _progress(self, nbytes: int) -> None:
         if nbytes:
+            if self.follower is not None:
+                self.follower.poke()
             self.on_progress(nbytes)
             self.unreported += nbytes
             if self.unreported >= _STATE_EVERY:
@@ -520,15 +525,32 @@ class _Attempt:
         await part.preallocate(total)
         self.writers = [SequentialWriter(part, s.start + s.done) for s in self.state.segments]
         self._emit()
+        self.follower = HashFollower(part.path, total, self._on_disk_from)
+        hashing = asyncio.create_task(self.follower.run())
         jobs = [
             self._first_segment(first) if i == 0 and first is not None else self._ranged_segment(i)
             for i, seg in enumerate(self.state.segments)
             if not seg.complete
         ]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        await self._save_progress()
-        await self._raise_segment_errors(part, results)
-        return await self._finish(part, total, await sha256_file(part.path, upto=total))
+        try:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            await self._save_progress()
+            await self._raise_segment_errors(part, results)
+            hasher = await hashing
+        finally:
+            if not hashing.done():
+                hashing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, BulkGettyError):
+                    await hashing
+            self.follower = None
+        return await self._finish(part, total, hasher)
+
+    def _on_disk_from(self, pos: int) -> int:
+        """Up to where the bytes from `pos` on are on disk: the covering segment's writer."""
+        for seg, writer in zip(self.state.segments, self.writers, strict=True):
+            if seg.start <= pos < seg.end:
+                return writer.position
+        return pos
 
     async def _raise_segment_errors(self, part: PartFile, results: list[Any]) -> None:
         errors = [r for r in results if isinstance(r, BaseException)]
