@@ -338,7 +338,9 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
                     display.quota.fetch_soon(downloader.client.products)
 
             downloader.add_listener(fetch_quota)
-        result = await downloader.run(manifest_assets(manifest, defaults), manifest=str(manifest))
+        result = await downloader.run(
+            manifest_assets(manifest, defaults), manifest=str(manifest), unique=True
+        )
     emit.finished(result)
     return result.exit_code
 
