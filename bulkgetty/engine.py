@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .acquire import Acquirer, Budget
 from .api import DownloadGrant, GettyClient
-from .assets import Asset
+from .assets import Asset, DigestTable
 from .auth import Credentials, TokenProvider
 from .config import DEFAULT_API_URL, RunOptions
 from .errors import (
@@ -40,10 +40,12 @@ from .errors import (
     UsageError,
 )
 from .events import (
+    MAX_IN_FLIGHT,
     AssetDone,
     AssetFailed,
     AssetWaiting,
     Event,
+    InFlight,
     Progress,
     RunFinished,
     RunStarted,
@@ -87,6 +89,15 @@ class _Work:
     #: The URI was bought again in this run (the asset had been paid for before): if it is
     #: refused too, do not buy a third time.
     rebought: bool = False
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One transfer in flight, for progress displays (not for resuming: the journal is)."""
+
+    asset: Asset
+    done: int = 0
+    total: int | None = None
 
 
 @final
@@ -203,8 +214,12 @@ class Downloader:
 
     # the run ---------------------------------------------------------------------------
 
-    async def run(self, rows: Rows, *, manifest: str = "<api>") -> RunResult:
-        """Download every asset in `rows`; the same rows again resume and spend nothing twice."""
+    async def run(self, rows: Rows, *, manifest: str = "<api>", unique: bool = False) -> RunResult:
+        """Download every asset in `rows`; the same rows again resume and spend nothing twice.
+
+        Duplicate rows are skipped; `unique=True` says the caller already dropped them (as
+        `read_manifest` does), which saves the 24 bytes a row the check would cost.
+        """
         j = self.journal
         run_id = await j.call(j.journal.begin_run, manifest)
         self.summary = RunSummary()
@@ -212,21 +227,22 @@ class Downloader:
         self.budget = Budget(self.options.max_downloads)
         self.acquirer = Acquirer(self.client, j, self.budget, self.policy, self._emit)
         self._seen = 0
-        self._seen_digests: set[bytes] = set()
         self._rows_read = 0
         #: Assets read from the rows and not yet finished (bounded by the stream windows).
         self._pending: dict[bytes, Asset] = {}
         self._started_wall = time.time()
         self._bytes_moved = 0
+        self._flights: dict[str, _Flight] = {}
         self._fatal: BulkGettyError | None = None
         self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
         try:
+            source = rows if unique else _unique(rows)
             try:
-                await self._pipeline(rows, run_id)
+                await self._pipeline(source, run_id)
             except BaseExceptionGroup as group:
                 raise _disk_full_in(group) or group from None
             if self._fatal is not None and self.acquirer.spends:
-                await self._report_unprocessed(rows)
+                await self._report_unprocessed(source)
             await j.flush()
             await self._sweep_orphan_parts()
         finally:
@@ -292,8 +308,18 @@ class Downloader:
                     files_total_seen=self._seen,
                     bytes_done=self._bytes_moved,
                     spends=self.acquirer.spends,
+                    in_flight=self._largest_flights(),
                 )
             )
+
+    def _largest_flights(self) -> tuple[InFlight, ...]:
+        flights = sorted(
+            self._flights.values(), key=lambda f: (f.total or f.done, f.done), reverse=True
+        )
+        return tuple(
+            InFlight(id=f.asset.id, asset_type=f.asset.asset_type, bytes_done=f.done, total=f.total)
+            for f in flights[:MAX_IN_FLIGHT]
+        )
 
     def _finish(self, outcome: Outcome) -> None:
         self._pending.pop(outcome.asset.digest, None)
@@ -326,11 +352,10 @@ class Downloader:
         for asset in list(self._pending.values()):
             self._finish(Outcome(asset, Status.FAILED, error=why))
         skip = 0 if isinstance(rows, Iterator | AsyncIterator) else self._rows_read
-        async for asset in _aiter(rows):
+        async for asset in _aiter(rows):  # rows are unique here (see run)
             if skip:
                 skip -= 1
-            elif asset.digest not in self._seen_digests:
-                self._seen_digests.add(asset.digest)
+            else:
                 self._finish(Outcome(asset, Status.FAILED, error=why))
 
     def _abort(self, error: BulkGettyError) -> None:
@@ -351,16 +376,11 @@ class Downloader:
         acq: MemoryObjectSendStream[Record],
         xfer: MemoryObjectSendStream[_Work],
     ) -> None:
-        seen = self._seen_digests
         async with acq, xfer:
             batch: list[Asset] = []
             async for asset in _aiter(rows):
                 self._rows_read += 1
-                digest = asset.digest
-                if digest in seen:
-                    continue
-                seen.add(digest)
-                self._pending[digest] = asset
+                self._pending[asset.digest] = asset
                 if self._fatal is not None:
                     return  # the rest is reported by _report_unprocessed
                 batch.append(asset)
@@ -405,6 +425,10 @@ class Downloader:
             elif decision.action is Action.FAIL:
                 await j.call(j.journal.record_failed, record.key, decision.reason)
                 self._finish(Outcome(record.asset, Status.FAILED, error=decision.reason))
+            elif decision.action is Action.ACQUIRE and (
+                refused := self.acquirer.refused_now(record)
+            ):
+                self._finish(refused)
             else:
                 await acq.send(record)
 
@@ -453,6 +477,15 @@ class Downloader:
                 self._finish(await self._transfer(work))
 
     async def _transfer(self, work: _Work) -> Outcome:
+        """One asset's transfer, tracked as in flight for progress displays."""
+        key = work.record.key
+        self._flights[key] = _Flight(work.record.asset)
+        try:
+            return await self._transfer_attempts(work, self._flights[key])
+        finally:
+            del self._flights[key]
+
+    async def _transfer_attempts(self, work: _Work, flight: _Flight) -> Outcome:
         """Attempts of one asset's transfer, resuming from the last recorded state each time."""
         record, uri = work.record, work.uri
         asset = record.asset
@@ -470,10 +503,12 @@ class Downloader:
         def on_state(new: TransferState) -> None:
             nonlocal state
             state = new
+            flight.done, flight.total = new.done, new.total
             j.stage_progress(record.key, new.to_json())
 
         def on_progress(n: int) -> None:
             self._bytes_moved += n
+            flight.done += n
 
         async def attempt() -> TransferResult:
             return await transfer(
@@ -584,6 +619,13 @@ def _disk_full_in(group: BaseExceptionGroup[BaseException]) -> DiskFullError | N
             if found is not None:
                 return found
     return None
+
+
+async def _unique(rows: Rows) -> AsyncIterator[Asset]:
+    seen = DigestTable()  # 24 bytes a row, not a set's 100+
+    async for asset in _aiter(rows):
+        if not seen.setdefault(asset.digest, 1):
+            yield asset
 
 
 async def _aiter(rows: Rows) -> AsyncIterator[Asset]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import IO
@@ -149,9 +149,10 @@ class ReportWriter:
     def write(self, outcome: Outcome) -> ReportRow:
         row = outcome.row(self._out_dir)
         if row.error:
-            row = ReportRow(**{**asdict(row), "error": self._redact(row.error)})
+            row = replace(row, error=self._redact(row.error))
+        # orjson serialises a slotted dataclass natively: no asdict() deep copy per row.
         try:
-            self._file.write(orjson.dumps(asdict(row)) + b"\n")
+            self._file.write(orjson.dumps(row) + b"\n")
         except OSError as exc:
             raise self._error(exc) from exc
         return row
