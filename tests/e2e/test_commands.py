@@ -29,8 +29,7 @@ import pytest
 
 from bulkgetty.events import EVENT_KINDS, EVENT_SCHEMA
 from bulkgetty.sandbox import Product, SandboxConfig, SandboxThread
-
-from .test_cli import REPO, clean_env, cli, command, report, sha256, write_ids
+from tests.harness import REPO, clean_env, cli, command, report, sha256, write_ids
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
