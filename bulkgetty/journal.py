@@ -503,6 +503,9 @@ class AsyncJournal:
         if self._closed:
             raise JournalError("the journal is closed")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        # If the caller is cancelled meanwhile (a run stopping on a full disk), nobody awaits
+        # the failure: retrieve it here so asyncio prints no "never retrieved" traceback.
+        fut.add_done_callback(_retrieve)
         self._inbox.put(_Call(fn, fut, alone=alone))
         return await asyncio.shield(fut)
 
@@ -582,6 +585,11 @@ def _run_group(journal: Journal, batch: list[_Call]) -> None:
         error = _disk_full(journal) if full else JournalError(f"journal commit failed: {exc}")
         for call in batch:
             call.ok, call.result = False, error
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _disk_full(journal: Journal) -> DiskFullError:
