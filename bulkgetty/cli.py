@@ -14,12 +14,13 @@ import shutil
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 import orjson
 
+from . import shard_cli
 from .assets import Asset
 from .auth import Credentials
 from .config import DEFAULT_API_RATE, DEFAULT_API_URL, RunOptions
@@ -28,6 +29,7 @@ from .errors import BulkGettyError, ManifestError, UsageError
 from .events import Event
 from .journal import STATE_DIR
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
+from .shard import parse_shard
 
 __all__ = ("main",)
 
@@ -41,6 +43,17 @@ examples:
 
 exit status: 0 all on disk; 3 some wait for quota (run again later);
              1 some failed for good (see the report); 2 could not start, nothing spent.
+"""
+
+PLAN_EXAMPLES = """\
+examples:
+  bulkgetty plan --shards 64 --parallel 16                  # quota from /v3/products
+  bulkgetty plan assets.csv --shards 8 --parallel 4 --downloads-remaining 5000 --api-rate 5
+"""
+
+MERGE_EXAMPLES = """\
+examples:
+  bulkgetty merge out/shard-* --manifest assets.csv --out out/merged
 """
 
 SANDBOX_EXAMPLES = """\
@@ -59,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_sandbox(sub)
+    _add_plan(sub)
+    _add_merge(sub)
     return parser
 
 
@@ -103,6 +118,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--no-fsync", action="store_true", help="skip fsync before rename (faster, not durable)"
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N|auto[/N]",
+        help="only the rows of shard I of N (sha256 of the asset identity mod N); auto: from "
+        "SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX; --max-downloads then caps all runs",
+    )
 
 
 def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -116,6 +137,26 @@ def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--qps", type=float, help="answer 429 above this many queries per second")
     p.add_argument("--expires-in", type=int, default=1800, help="token lifetime in seconds")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
+
+
+def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="per-shard --max-downloads and --api-rate for a job array (--shards N)",
+        epilog=PLAN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    shard_cli.add_plan_arguments(p)
+
+
+def _add_merge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="check the shard folders of a job array and write one report and summary",
+        epilog=MERGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    shard_cli.add_merge_arguments(p)
 
 
 # run -------------------------------------------------------------------------------------
@@ -161,6 +202,11 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
     if args.manifest == "-":
         manifest = spool_stdin(options.out_dir, sys.stdin)
     validate_manifest(manifest, defaults)  # every bad row named before anything is spent
+    rows: Iterable[Asset] = manifest_assets(manifest, defaults)
+    if args.shard:
+        spec = parse_shard(args.shard, env)
+        options = shard_cli.shard_options(options, spec, manifest, defaults)
+        rows = spec.select(rows)
     async with contextlib.AsyncExitStack() as stack:
         if args.sandbox:
             from .sandbox import Sandbox
@@ -173,9 +219,7 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
         downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
         emit.redact = downloader.redact
         async with downloader:
-            result = await downloader.run(
-                manifest_assets(manifest, defaults), manifest=str(args.manifest)
-            )
+            result = await downloader.run(rows, manifest=str(args.manifest))
     emit.finished(result)
     return result.exit_code
 
@@ -242,6 +286,10 @@ async def sandbox_command(args: argparse.Namespace, emit: Emitter) -> int:
 async def _main_async(args: argparse.Namespace, emit: Emitter) -> int:
     if args.command == "run":
         return await run_command(args, os.environ, emit)
+    if args.command == "plan":
+        return await shard_cli.plan_command(args, os.environ, emit.out)
+    if args.command == "merge":
+        return shard_cli.merge_command(args, emit.out)
     return await sandbox_command(args, emit)
 
 

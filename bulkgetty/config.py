@@ -44,6 +44,12 @@ class RunOptions:
     #: How many acquired-but-not-yet-transferring assets may wait (URIs expire; spend
     #: should not run far ahead of the bytes). Default: the concurrency.
     acquire_ahead: int | None = None
+    #: Written to the journal on the first run and required to match on every later one
+    #: (a shard's spec and its manifest's digest): see `Journal.bind_meta`.
+    journal_meta: tuple[tuple[str, str], ...] = ()
+    #: `max_downloads` caps the spends of all runs on this folder, not only this run's (a
+    #: shard's share of the quota must hold across reruns after a crash).
+    cap_all_runs: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -194,10 +194,12 @@ class Downloader:
     async def run(self, rows: Rows, *, manifest: str = "<api>") -> RunResult:
         """Download every asset in `rows`; the same rows again resume and spend nothing twice."""
         j = self.journal
+        if self.options.journal_meta:
+            await j.call(j.journal.bind_meta, dict(self.options.journal_meta))
         run_id = await j.call(j.journal.begin_run, manifest)
         self.summary = RunSummary()
         self.report = ReportWriter(self.options.report, Path(self.out.path), self.redact)
-        self.budget = Budget(self.options.max_downloads)
+        self.budget = Budget(await self._cap())
         self.acquirer = Acquirer(self.client, j, self.budget, self.policy, self._emit)
         self._seen = 0
         self._bytes_moved = 0
@@ -230,6 +232,15 @@ class Downloader:
         if self._fatal is not None and self.summary.spends == 0:
             raise self._fatal
         return RunResult(self.summary, self.report.path, code)
+
+    async def _cap(self) -> int | None:
+        """This run's `--max-downloads`, less what earlier runs spent when the cap spans runs."""
+        cap = self.options.max_downloads
+        if cap is None or not self.options.cap_all_runs:
+            return cap
+        j = self.journal
+        spent = (await j.call(j.journal.totals)).spends
+        return max(0, cap - spent)
 
     async def _sweep_orphan_parts(self) -> None:
         """Remove `.part` files that no unfinished asset can resume into (see files.py)."""
