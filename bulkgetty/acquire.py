@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .api import DownloadGrant, GettyClient, HistoryItem
+from .backend import AsyncJournalLike
 from .errors import (
     AuthenticationError,
     BulkGettyError,
     QuotaExceededError,
 )
 from .events import AssetAcquired, Event, QuotaReached
-from .journal import AssetState, AsyncJournal, Record
+from .journal import AssetState, Record
 from .plan import reacquire_message
 from .report import Outcome, Status
 from .retry import RetryPolicy
@@ -72,7 +73,7 @@ class QuotaGate:
 @dataclass(slots=True)
 class Acquirer:
     client: GettyClient
-    journal: AsyncJournal
+    journal: AsyncJournalLike
     budget: Budget
     policy: RetryPolicy
     emit: Callable[[Event], None]
@@ -107,7 +108,11 @@ class Acquirer:
         """One POST with its journal brackets. A returned error certainly spent nothing."""
         j = self.journal
         intent_at = time.time()
-        await j.call(j.journal.record_intent, record.key)
+        try:
+            await j.call(j.journal.record_intent, record.key)
+        except QuotaExceededError as exc:  # a shared ledger's budget is spent: nothing sent
+            self.budget.give_back()
+            return await self._quota_reached(record, exc)
         try:
             grant = await self.client.download(record.asset)
         except QuotaExceededError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from typing import TextIO
 
 import orjson
 
-from . import shard_cli
+from . import ledger_cli, shard_cli
 from .assets import Asset
 from .auth import Credentials
 from .config import DEFAULT_API_RATE, DEFAULT_API_URL, RunOptions
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox(sub)
     _add_plan(sub)
     _add_merge(sub)
+    _add_ledger(sub)
     return parser
 
 
@@ -84,7 +86,11 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("manifest", help="a .csv, .jsonl or .txt manifest, or - for ids on stdin")
+    p.add_argument(
+        "manifest",
+        nargs="?",
+        help="a .csv, .jsonl or .txt manifest, or - for ids on stdin (none with --ledger)",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--sandbox", action="store_true", help="run against the embedded emulator")
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="delivery streams")
@@ -117,6 +123,14 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--no-fsync", action="store_true", help="skip fsync before rename (faster, not durable)"
+    )
+    p.add_argument(
+        "--ledger",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="claim assets from the team's PostgreSQL ledger (URL or $BULKGETTY_LEDGER) "
+        "instead of reading a manifest; budget and API rate are shared by all workers",
     )
     p.add_argument(
         "--shard",
@@ -159,6 +173,16 @@ def _add_merge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     shard_cli.add_merge_arguments(p)
 
 
+def _add_ledger(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "ledger",
+        help="the team's shared PostgreSQL ledger: init, status, report",
+        epilog=ledger_cli.LEDGER_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ledger_cli.add_ledger_arguments(p)
+
+
 # run -------------------------------------------------------------------------------------
 
 
@@ -197,6 +221,10 @@ def manifest_assets(path: Path, defaults: ManifestDefaults) -> Iterator[Asset]:
 
 async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
     options = run_options(args)
+    if args.ledger is not None:
+        return await ledger_run_command(args, options, env, emit)
+    if args.manifest is None:
+        raise UsageError("run needs a MANIFEST (or --ledger to claim from a shared ledger)")
     defaults = ManifestDefaults(asset_type=args.asset_type, product_type=args.product_type)
     manifest = Path(args.manifest)
     if args.manifest == "-":
@@ -220,6 +248,32 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
         emit.redact = downloader.redact
         async with downloader:
             result = await downloader.run(rows, manifest=str(args.manifest))
+    emit.finished(result)
+    return result.exit_code
+
+
+async def ledger_run_command(
+    args: argparse.Namespace, options: RunOptions, env: Mapping[str, str], emit: Emitter
+) -> int:
+    """A worker of a shared ledger: claims assets until none is left that no live worker holds."""
+    if args.manifest is not None or args.shard:
+        raise UsageError("--ledger takes its rows from the ledger: give no MANIFEST or --shard")
+    dsn = ledger_cli.ledger_dsn(args.ledger, env)
+    options = dataclasses.replace(options, ledger=dsn)
+    async with contextlib.AsyncExitStack() as stack:
+        if args.sandbox:
+            from .sandbox import Sandbox
+
+            sandbox = await stack.enter_async_context(Sandbox())
+            env = {**env, **sandbox.credentials_env()}
+        credentials = Credentials.from_env(env)
+        api_url = args.api_url or env.get("GETTY_API_URL") or DEFAULT_API_URL
+        downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
+        downloader.redact.add(ledger_cli.secrets_of(dsn))
+        emit.redact = downloader.redact
+        async with downloader:
+            rows = ledger_cli.ledger_rows(downloader.journal)
+            result = await downloader.run(rows, manifest="<ledger>")
     emit.finished(result)
     return result.exit_code
 
@@ -290,6 +344,8 @@ async def _main_async(args: argparse.Namespace, emit: Emitter) -> int:
         return await shard_cli.plan_command(args, os.environ, emit.out)
     if args.command == "merge":
         return shard_cli.merge_command(args, emit.out)
+    if args.command == "ledger":
+        return await ledger_cli.ledger_command(args, os.environ, emit.out)
     return await sandbox_command(args, emit)
 
 

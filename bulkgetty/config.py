@@ -50,6 +50,9 @@ class RunOptions:
     #: `max_downloads` caps the spends of all runs on this folder, not only this run's (a
     #: shard's share of the quota must hold across reruns after a crash).
     cap_all_runs: bool = False
+    #: PostgreSQL connection string of the team's shared ledger (ledger.py) instead of the
+    #: SQLite journal in DIR; the API rate then comes from the ledger, shared by all workers.
+    ledger: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

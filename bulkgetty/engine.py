@@ -29,6 +29,7 @@ from .acquire import Acquirer, Budget
 from .api import DownloadGrant, GettyClient
 from .assets import Asset
 from .auth import Credentials, TokenProvider
+from .backend import AsyncJournalLike
 from .config import DEFAULT_API_URL, RunOptions
 from .errors import AuthenticationError, BulkGettyError, UriExpiredError, UsageError
 from .events import (
@@ -106,7 +107,7 @@ class Downloader:
         self.policy = policy or RetryPolicy()
         self._listeners: list[Callable[[Event], None]] = [on_event] if on_event else []
         self._stack = AsyncExitStack()
-        self._journal: AsyncJournal | None = None
+        self._journal: AsyncJournalLike | None = None
         self.redact = Redactor(credentials.secrets())
 
     # lifecycle -------------------------------------------------------------------------
@@ -117,14 +118,14 @@ class Downloader:
             self.out = await asyncio.to_thread(OutputDir, opts.out_dir)
         except OSError as exc:
             raise UsageError(f"cannot use output folder {opts.out_dir}: {exc.strerror}") from exc
-        self._journal = await AsyncJournal.open(Path(self.out.path))
+        self._journal = await self._open_journal()
         self._stack.push_async_callback(self._journal.close)
         timeouts = Timeouts(connect=opts.connect_timeout, stall=opts.stall_timeout)
         self.api_session = await self._stack.enter_async_context(new_session(timeouts))
         self.delivery_session = await self._stack.enter_async_context(
             new_session(timeouts, limit=max(opts.concurrency * opts.segments, 10))
         )
-        self.limiter = RateLimiter(opts.api_rate)
+        self.limiter = await self._open_limiter()
         self.tokens = TokenProvider(
             self.api_session,
             self.api_url,
@@ -142,6 +143,24 @@ class Downloader:
         )
         return self
 
+    async def _open_journal(self) -> AsyncJournalLike:
+        """The SQLite journal in DIR, or with `ledger` the team's PostgreSQL ledger."""
+        if self.options.ledger is None:
+            return await AsyncJournal.open(Path(self.out.path))
+        from .ledger import AsyncLedger  # psycopg is an optional extra
+
+        return await AsyncLedger.open(self.options.ledger, Path(self.out.path))
+
+    async def _open_limiter(self) -> RateLimiter:
+        """This process's API rate, or with `ledger` the rate all workers share."""
+        if self.options.ledger is None:
+            return RateLimiter(self.options.api_rate)
+        from .ledger import SharedRateLimiter
+
+        limiter = await SharedRateLimiter.open(self.options.ledger)
+        self._stack.push_async_callback(limiter.close)
+        return limiter
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -151,7 +170,7 @@ class Downloader:
         await self._stack.aclose()
 
     @property
-    def journal(self) -> AsyncJournal:
+    def journal(self) -> AsyncJournalLike:
         if self._journal is None:
             raise RuntimeError("use `async with Downloader(...)` before run()")
         return self._journal

@@ -28,6 +28,7 @@ from .shard import ShardSpec, file_digest, shard_of, split_budget
 __all__ = (
     "add_merge_arguments",
     "add_plan_arguments",
+    "downloads_remaining",
     "merge_command",
     "plan_command",
     "shard_options",
@@ -86,7 +87,7 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
 async def plan_command(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     remaining = args.downloads_remaining
     if remaining is None:
-        remaining = await _downloads_remaining(args, env)
+        remaining = await downloads_remaining(args, env)
     budget = split_budget(
         shards=args.shards,
         parallel=args.parallel or args.shards,
@@ -114,7 +115,7 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], out: Te
     return 0
 
 
-async def _downloads_remaining(args: argparse.Namespace, env: Mapping[str, str]) -> int | None:
+async def downloads_remaining(args: argparse.Namespace, env: Mapping[str, str]) -> int | None:
     """Sum of `downloads_remaining` over the account's products (or the one named)."""
     async with contextlib.AsyncExitStack() as stack:
         if args.sandbox:
