@@ -299,10 +299,15 @@ class Ledger:
                 f"UPDATE bulkgetty_assets AS t SET claimed_pid = %(pid)s, "
                 f"claimed_since = %(since)s, "
                 f"transfer = CASE WHEN t.out_dir = %(out)s THEN t.transfer END, "
-                f"out_dir = CASE WHEN t.state = 'done' THEN t.out_dir ELSE %(out)s END "
-                f"WHERE t.key IN (SELECT a.key FROM bulkgetty_assets a "
+                f"out_dir = %(out)s "
+                f"FROM (SELECT a.key, a.claimed_pid, a.claimed_since FROM bulkgetty_assets a "
                 f"WHERE a.state <> 'done' AND {_CLAIM_DEAD} "
-                f"ORDER BY a.key LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+                f"ORDER BY a.key LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS c "
+                # Compare-and-set: rechecked on the newest row version, so a claim another
+                # worker committed after our snapshot is never overwritten.
+                f"WHERE t.key = c.key AND t.state <> 'done' "
+                f"AND t.claimed_pid IS NOT DISTINCT FROM c.claimed_pid "
+                f"AND t.claimed_since IS NOT DISTINCT FROM c.claimed_since "
                 f"RETURNING {', '.join('t.' + c.strip() for c in _COLUMNS.split(','))}",
                 {"pid": self.pid, "since": self.since, "out": self.out_dir, "limit": limit},
             ).fetchall()
