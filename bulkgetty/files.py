@@ -23,7 +23,9 @@ import hashlib
 import os
 import re
 import stat
+import threading
 import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +37,7 @@ from .errors import StorageError
 __all__ = (
     "MAX_NAME_BYTES",
     "PART_SUFFIX",
+    "NewPart",
     "OutputDir",
     "PartFile",
     "SequentialWriter",
@@ -54,6 +57,9 @@ WRITE_BATCH: Final = 2**20
 _READ_CHUNK: Final = 2**20
 _MAX_EXT_BYTES: Final = 32
 _MAX_COLLISIONS: Final = 10_000
+#: Names handed to one thread hop that creates or renames a file (more only when all taken).
+_CANDIDATES: Final = 16
+_PART_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _STATE_DIR: Final = ".bulkgetty"
 
 _RESERVED_WINDOWS: Final = frozenset(
@@ -236,8 +242,10 @@ class OutputDir:
 
     Reservations live in memory (one entry per asset in flight; `release` when done), so two
     concurrent assets never get the same name; the disk is checked too, so an existing file
-    or another asset's `.part` is never reused. `reserve` calls `lstat` on the event loop:
-    that is a cached metadata lookup (microseconds), unlike open(O_CREAT).
+    or another asset's `.part` is never reused. `reserve` checks the disk on the event loop
+    (it is used for resumes only); new files get `candidates` instead, and the thread that
+    creates the `.part` settles the name with O_EXCL (`NewPart`): a lookup in a folder that
+    other threads are filling waits for the folder's lock, and must not stall the loop.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -250,6 +258,7 @@ class OutputDir:
         self.real = self.path.resolve()
         self._owner_of: dict[str, str] = {}  # casefolded name -> owner
         self._name_of: dict[str, str] = {}  # owner -> name
+        self.dir_sync = _DirSync(self.path)
 
     @property
     def state_dir(self) -> Path:
@@ -266,12 +275,36 @@ class OutputDir:
         if prefer is not None and self._prefer_ok(prefer, owner):
             return self._take(prefer, owner)
         clean = safe_name(name, asset_id=owner, content_type=None)
-        stem, ext = _split_ext(clean)
-        for n in range(1, _MAX_COLLISIONS + 1):
-            candidate = clean if n == 1 else _fit(stem, f" ({n}){ext}", MAX_NAME_BYTES)
+        for candidate in _series(clean):
             if self._free(candidate, owner, allow_own_part=False):
                 return self._take(candidate, owner)
         raise StorageError(f"no free file name like {clean!r} in {self.path}")
+
+    def candidates(self, name: str, owner: str, *, after: str | None = None) -> list[str]:
+        """Names a new file of `owner` may take, best first, skipping other owners' names.
+
+        Only memory is consulted; the thread that creates or renames the file checks the
+        disk, atomically. `after`: continue the series past that name.
+        """
+        clean = safe_name(name, asset_id=owner, content_type=None)
+        out: list[str] = []
+        skipping = after is not None
+        for candidate in _series(clean):
+            if len(out) >= _CANDIDATES:
+                break
+            if skipping:
+                skipping = candidate != after
+                continue
+            holder = self._owner_of.get(candidate.casefold())
+            if holder is None or holder == owner:
+                out.append(candidate)
+        if not out:
+            raise StorageError(f"no free file name like {clean!r} in {self.path}")
+        return out
+
+    def claim(self, name: str, owner: str) -> None:
+        """Record in memory that `owner` now holds `name` (its `.part` exists on disk)."""
+        self._take(name, owner)
 
     def release(self, owner: str) -> None:
         """Forget `owner`'s reservation (its file is finished, or it failed for good)."""
@@ -330,6 +363,58 @@ class OutputDir:
         return name
 
 
+def _series(clean: str) -> Iterator[str]:
+    """`name`, `stem (2).ext`, `stem (3).ext` ... up to the collision limit."""
+    stem, ext = _split_ext(clean)
+    yield clean
+    for n in range(2, _MAX_COLLISIONS + 1):
+        yield _fit(stem, f" ({n}){ext}", MAX_NAME_BYTES)
+
+
+class _DirSync:
+    """fsync of the output folder after renames, shared by the threads that renamed.
+
+    Each finished file needs its rename made durable; one folder fsync covers every rename
+    done before it started, so a thread whose rename is already covered by a running or
+    finished fsync waits for it instead of issuing its own (group commit, as in a journal).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._renamed = 0  # renames reported so far
+        self._synced = 0  # renames known durable
+        self._running = False
+
+    def after_rename(self) -> None:
+        """Call in a worker thread after a rename; returns when that rename is durable."""
+        with self._cond:
+            self._renamed += 1
+            mine = self._renamed
+            while self._synced < mine:
+                if not self._running:
+                    break
+                self._cond.wait()
+            else:
+                return
+            self._running = True
+            target = self._renamed
+        ok = False
+        try:
+            dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            ok = True
+        finally:
+            with self._cond:
+                self._running = False
+                if ok:
+                    self._synced = max(self._synced, target)
+                self._cond.notify_all()
+
+
 # ----------------------------------------------------------------------- part file
 
 
@@ -350,9 +435,14 @@ class PartFile:
     `.part` (it is what a later attempt resumes from).
     """
 
-    def __init__(self, out: OutputDir, name: str, fd: int, size_on_disk: int) -> None:
+    def __init__(
+        self, out: OutputDir, name: str, fd: int, size_on_disk: int, *, owner: str | None = None
+    ) -> None:
         self.out = out
         self.name = name
+        #: With an owner, `finish` falls back to the owner's next free name when the final
+        #: name was taken meanwhile; without one it refuses (StorageError).
+        self.owner = owner
         self.path = out.part_path(name)
         #: Length of the `.part` when it was opened (what a resume can build on).
         self.size_on_disk = size_on_disk
@@ -401,12 +491,29 @@ class PartFile:
         result: int = await self._run(lambda fd: os.fstat(fd).st_size, self.fd, what="stat")
         return result
 
-    async def finish(self, final_name: str, *, durable: bool = True) -> Path:
-        """fsync, rename `.part` to `final_name` without replacing anything, fsync the folder."""
-        final = self.out.final_path(final_name)
-        fd, self._fd = self.fd, None  # _finish closes it, whatever happens
-        await self._run(_finish, fd, self.path, final, durable, what="finish")
-        return final
+    async def finish(
+        self,
+        final_name: str | None = None,
+        *,
+        durable: bool = True,
+        tail: _Batch | None = None,
+        hasher: Any | None = None,
+    ) -> Path:
+        """Write `tail`, fsync, rename to `final_name` (never replacing a file), fsync the folder.
+
+        One thread hop for all of it. `final_name` defaults to the part's own name; when it
+        exists by now, an owned part takes the owner's next free name instead.
+        """
+        name = final_name or self.name
+        names = [name]
+        if self.owner is not None:
+            names += self.out.candidates(name, self.owner, after=name)
+        for candidate in names:
+            self.out.final_path(candidate)  # refuse unsafe names before the hop
+        fd, self._fd = self.fd, None  # _Finish closes it, whatever happens
+        job = _Finish(fd, self.path, tail, hasher, durable, self.out.dir_sync)
+        got: str = await self._run(job.run, names, what="finish")
+        return self.out.final_path(got)
 
     async def close(self) -> None:
         """Close the descriptor; the `.part` stays for a later resume."""
@@ -421,6 +528,77 @@ class PartFile:
             raise _storage_error(exc, Path(exc.filename or self.path), what) from exc
 
 
+class NewPart:
+    """A `.part` not created yet: the first write (or the finish) creates it, in that hop.
+
+    Its name is settled by the worker thread with O_EXCL among `candidates`, so a new file
+    costs no thread hop and no disk lookup on the event loop before its bytes are ready; a
+    small file is created, written, fsynced and renamed in a single hop (`finish`).
+    """
+
+    def __init__(self, out: OutputDir, wanted: str, owner: str) -> None:
+        self.out = out
+        self.wanted = wanted
+        self.owner = owner
+        self.part: PartFile | None = None
+
+    @property
+    def name(self) -> str | None:
+        return None if self.part is None else self.part.name
+
+    async def create(self) -> PartFile:
+        """Create the `.part` now (segmented downloads need it before any byte arrives)."""
+        if self.part is None:
+            await self._create(None, None)
+        assert self.part is not None
+        return self.part
+
+    async def write_hashed(self, offset: int, chunks: list[bytes], hasher: Any | None) -> int:
+        if self.part is not None:
+            return await self.part.write_hashed(offset, chunks, hasher)
+        return await self._create(_Batch(offset, chunks, sum(map(len, chunks))), hasher)
+
+    async def truncate(self, size: int) -> None:
+        if self.part is not None:
+            await self.part.truncate(size)
+
+    async def finish(
+        self, *, durable: bool = True, tail: _Batch | None = None, hasher: Any | None = None
+    ) -> Path:
+        if self.part is not None:
+            return await self.part.finish(durable=durable, tail=tail, hasher=hasher)
+        names = self.out.candidates(self.wanted, self.owner)
+        job = _Finish(None, None, tail, hasher, durable, self.out.dir_sync)
+        try:
+            name, final = await asyncio.to_thread(job.create_and_run, self.out.path, names)
+        except OSError as exc:
+            raise _storage_error(exc, Path(exc.filename or self.out.path), "finish") from exc
+        if name is None:
+            raise StorageError(f"no free file name like {self.wanted!r} in {self.out.path}")
+        self.out.claim(name, self.owner)
+        return self.out.final_path(final)
+
+    async def close(self) -> None:
+        if self.part is not None:
+            await self.part.close()
+
+    async def _create(self, first: _Batch | None, hasher: Any | None) -> int:
+        after: str | None = None
+        while True:
+            names = self.out.candidates(self.wanted, self.owner, after=after)
+            path = self.out.path
+            try:
+                got = await asyncio.to_thread(_create_exclusive, path, names, first, hasher)
+            except OSError as exc:
+                raise _storage_error(exc, Path(exc.filename or self.out.path), "create") from exc
+            if got is not None:
+                name, fd, written = got
+                self.out.claim(name, self.owner)
+                self.part = PartFile(self.out, name, fd, 0, owner=self.owner)
+                return written
+            after = names[-1]
+
+
 class SequentialWriter:
     """Writes one stream's bytes in order from `offset`, in batches of at least 1 MiB.
 
@@ -429,7 +607,7 @@ class SequentialWriter:
     it is what may be recorded as done. Memory stays at about two batches per stream.
     """
 
-    def __init__(self, part: PartFile, offset: int, hasher: Any | None = None) -> None:
+    def __init__(self, part: PartFile | NewPart, offset: int, hasher: Any | None = None) -> None:
         self.part = part
         self.position = offset
         self.hasher = hasher
@@ -459,8 +637,17 @@ class SequentialWriter:
         self.position = batch.offset + written
         return written
 
+    def take_pending(self) -> _Batch | None:
+        """Hand the queued bytes to a `finish`, which writes them in its own hop."""
+        batch = self._batch
+        self._batch = _Batch(batch.offset + batch.size, [])
+        self.position = batch.offset + batch.size
+        return batch if batch.size else None
 
-async def open_part(out: OutputDir, name: str, *, size: int | None, resume: bool) -> PartFile:
+
+async def open_part(
+    out: OutputDir, name: str, *, size: int | None, resume: bool, owner: str | None = None
+) -> PartFile:
     """Create or reopen `DIR/NAME.part` in a worker thread.
 
     `resume=False` truncates whatever is there. `size` (known total, segmented downloads
@@ -468,12 +655,12 @@ async def open_part(out: OutputDir, name: str, *, size: int | None, resume: bool
     at once. A symlink at `NAME.part` is refused (O_NOFOLLOW).
     """
     path = out.part_path(name)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (0 if resume else os.O_TRUNC)
+    flags = _PART_FLAGS | (0 if resume else os.O_TRUNC)
     try:
         fd, on_disk = await asyncio.to_thread(_open_regular, path, flags)
     except OSError as exc:
         raise _storage_error(exc, path, "open") from exc
-    part = PartFile(out, name, fd, on_disk)
+    part = PartFile(out, name, fd, on_disk, owner=owner)
     if size is not None and size > on_disk:
         try:
             await part.preallocate(size)
@@ -533,19 +720,74 @@ def _preallocate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
-def _finish(fd: int, part: Path, final: Path, durable: bool) -> None:
-    try:
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    _rename_noreplace(part, final)
-    if durable:
-        dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+def _create_exclusive(
+    directory: Path, names: Sequence[str], first: _Batch | None, hasher: Any | None
+) -> tuple[str, int, int] | None:
+    """Create `NAME.part` for the first NAME whose final file and `.part` are both absent.
+
+    O_EXCL makes the `.part` itself the reservation on disk, atomic against other threads
+    and processes. Writes `first` into it. None when every name is taken.
+    """
+    for name in names:
+        if os.path.lexists(directory / name):
+            continue
         try:
-            os.fsync(dfd)
+            fd = os.open(directory / (name + PART_SUFFIX), _PART_FLAGS | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        written = 0
+        if first is not None:
+            try:
+                written = _write_chunks(fd, first.chunks, first.offset, hasher)
+            except BaseException:
+                os.close(fd)
+                raise
+        return name, fd, written
+    return None
+
+
+@dataclass(slots=True)
+class _Finish:
+    """Everything that ends a file, run in one worker thread: tail, fsync, rename, dir fsync."""
+
+    fd: int | None
+    part: Path | None
+    tail: _Batch | None
+    hasher: Any | None
+    durable: bool
+    dir_sync: _DirSync
+
+    def run(self, names: Sequence[str]) -> str:
+        """Finish an open `.part`; returns the final name it got (the first free of `names`)."""
+        assert self.fd is not None and self.part is not None
+        fd, self.fd = self.fd, None
+        try:
+            if self.tail is not None and self.tail.size:
+                _write_chunks(fd, self.tail.chunks, self.tail.offset, self.hasher)
+            if self.durable:
+                os.fsync(fd)
         finally:
-            os.close(dfd)
+            os.close(fd)
+        directory = self.part.parent
+        for name in names:
+            try:
+                _rename_noreplace(self.part, directory / name)
+            except FileExistsError:
+                continue
+            if self.durable:
+                self.dir_sync.after_rename()
+            return name
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), str(directory / names[0]))
+
+    def create_and_run(self, directory: Path, names: Sequence[str]) -> tuple[str | None, str]:
+        """A file that was never written before its end: create, write, finish, in one go."""
+        got = _create_exclusive(directory, names, None, None)
+        if got is None:
+            return None, ""
+        name, fd, _ = got
+        self.fd, self.part = fd, directory / (name + PART_SUFFIX)
+        later = names[names.index(name) :]
+        return name, self.run(later)
 
 
 _RENAME_NOREPLACE: Final = 1

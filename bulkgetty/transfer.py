@@ -45,7 +45,15 @@ from .errors import (
     UriExpiredError,
     UsageError,
 )
-from .files import OutputDir, PartFile, SequentialWriter, open_part, safe_name, sha256_file
+from .files import (
+    NewPart,
+    OutputDir,
+    PartFile,
+    SequentialWriter,
+    open_part,
+    safe_name,
+    sha256_file,
+)
 from .files import parse_content_disposition as _parse_cd
 from .http import check_url_scheme, map_errors
 
@@ -262,6 +270,8 @@ class _Attempt:
     writers: list[SequentialWriter] = field(default_factory=list)
     unreported: int = 0
     must_reset: bool = False
+    #: The cleaned server name a new file should get; the `.part`'s creation settles it.
+    wanted: str | None = None
 
     async def run(self) -> TransferResult:
         _check_hop(self.uri, what="delivery URI")
@@ -289,15 +299,12 @@ class _Attempt:
         fresh = resp.status == 200  # a full body: its headers replace everything known
         old = TransferState() if fresh else self.state
         content_type = headers.get("Content-Type") or old.content_type
-        name = self.state.name
-        if name is None:
+        if self.state.name is None:
             disposition = headers.get("Content-Disposition")
             raw = _parse_cd(disposition) if disposition else None
-            name = safe_name(raw, asset_id=self.asset_id, content_type=content_type)
-            name = self.out.reserve(name, self.owner)
+            self.wanted = safe_name(raw, asset_id=self.asset_id, content_type=content_type)
         self.state = replace(
             self.state,
-            name=name,
             total=total if total is not None else old.total,
             etag=headers.get("ETag") or old.etag,
             last_modified=headers.get("Last-Modified") or old.last_modified,
@@ -310,6 +317,8 @@ class _Attempt:
     def _emit(self) -> None:
         """Report what is on disk right now (flushed bytes only) to the journal."""
         self.unreported = 0
+        if self.state.name is None and self.writers and self.writers[0].part.name is not None:
+            self.state = replace(self.state, name=self.writers[0].part.name)
         if self.state.segments:
             segs = tuple(
                 replace(s, done=w.position - s.start)
@@ -327,7 +336,7 @@ class _Attempt:
             if self.unreported >= _STATE_EVERY:
                 self._emit()
 
-    async def _reset(self, part: PartFile | None, message: str) -> IntegrityError:
+    async def _reset(self, part: PartFile | NewPart | None, message: str) -> IntegrityError:
         """Forget all progress (keep the name) so the next attempt starts from zero."""
         self.writers = []
         self.state = TransferState(name=self.state.name)
@@ -363,7 +372,7 @@ class _Attempt:
         """Reopen the `.part` of a known name; resume from min(journal, disk) when allowed."""
         if self.state.name is None:
             return None, 0
-        part = await open_part(self.out, self.state.name, size=None, resume=True)
+        part = await open_part(self.out, self.state.name, size=None, resume=True, owner=self.owner)
         known = min(self.state.done, part.size_on_disk)  # done per journal *and* disk
         start = known if self._can_resume() else 0
         self.refetched += known - start
@@ -396,18 +405,23 @@ class _Attempt:
         else:
             total = _content_length(resp)
         self._adopt_headers(resp, total, start)
-        name = self._name()
+        sink: PartFile | NewPart
         if part is None:
-            part = await open_part(self.out, name, size=None, resume=False)
-        try:
+            sink = NewPart(self.out, self._wanted(), self.owner)
+        else:
+            sink = part
             if start == 0:
                 await part.truncate(0)
+        try:
             if self._should_segment(resp, total):
-                return await self._segmented(part, first=resp)
+                if isinstance(sink, NewPart):
+                    sink = await sink.create()
+                    self.state = replace(self.state, name=sink.name)
+                return await self._segmented(sink, first=resp)
             self.resumed_from = start
-            return await self._stream_single(resp, part, start)
+            return await self._stream_single(resp, sink, start)
         finally:
-            await part.close()
+            await sink.close()
 
     def _check_resume_range(self, resp: aiohttp.ClientResponse, start: int) -> int:
         """A resumed 206 must match exactly; if not, the next attempt starts from zero."""
@@ -420,24 +434,32 @@ class _Attempt:
         return total
 
     async def _stream_single(
-        self, resp: aiohttp.ClientResponse, part: PartFile, start: int
+        self, resp: aiohttp.ClientResponse, part: PartFile | NewPart, start: int
     ) -> TransferResult:
-        hasher = await sha256_file(part.path, upto=start) if start else hashlib.sha256()
+        """Stream to the `.part`; its last batch is written by the finishing hop itself."""
+        if start:
+            assert isinstance(part, PartFile)
+            hasher = await sha256_file(part.path, upto=start)
+        else:
+            hasher = hashlib.sha256()
         writer = SequentialWriter(part, start, hasher)
         self.writers = [writer]
         expected = _content_length(resp)
         try:
-            got = await self._pump(resp, writer, limit=None, sniff=start == 0)
-        finally:
+            got = await self._pump(resp, writer, limit=None, sniff=start == 0, flush=False)
+            if expected is not None and got > expected:
+                raise IntegrityError(f"body longer than its Content-Length from {_where(resp)}")
+            if expected is not None and got != expected:
+                raise ReadError(f"body ended after {got} of {expected} bytes from {_where(resp)}")
+            total = writer.position + writer.pending
+            if self.state.total is not None and total != self.state.total:
+                await self._save_progress()
+                raise await self._reset(part, f"got {total} bytes, expected {self.state.total}")
+        except BaseException:
             await self._save_progress()
-        if expected is not None and got > expected:
-            raise IntegrityError(f"body longer than its Content-Length from {_where(resp)}")
-        if expected is not None and got != expected:
-            raise ReadError(f"body ended after {got} of {expected} bytes from {_where(resp)}")
-        total = writer.position
-        if self.state.total is not None and total != self.state.total:
-            raise await self._reset(part, f"got {total} bytes, expected {self.state.total}")
-        return await self._finish(part, total, hasher.hexdigest())
+            raise
+        self.on_progress(writer.pending)
+        return await self._finish(part, total, hasher, tail=writer)
 
     async def _on_416(
         self, resp: aiohttp.ClientResponse, part: PartFile | None, start: int
@@ -446,8 +468,7 @@ class _Attempt:
         total = self.state.total or _unsatisfied_total(resp)
         if part is not None and total is not None and start == total:
             self.resumed_from = start
-            digest = (await sha256_file(part.path, upto=total)).hexdigest()
-            return await self._finish(part, total, digest)
+            return await self._finish(part, total, await sha256_file(part.path, upto=total))
         raise await self._reset(part, f"416 for bytes {start}- from {_where(resp)}: restarting")
 
     # ---- segments
@@ -479,7 +500,7 @@ class _Attempt:
 
     async def _resume_segments(self) -> TransferResult:
         name = self._name()
-        part = await open_part(self.out, name, size=None, resume=True)
+        part = await open_part(self.out, name, size=None, resume=True, owner=self.owner)
         try:
             on_disk = part.size_on_disk
             segs = tuple(
@@ -508,8 +529,7 @@ class _Attempt:
         results = await asyncio.gather(*jobs, return_exceptions=True)
         await self._save_progress()
         await self._raise_segment_errors(part, results)
-        digest = (await sha256_file(part.path, upto=total)).hexdigest()
-        return await self._finish(part, total, digest)
+        return await self._finish(part, total, await sha256_file(part.path, upto=total))
 
     async def _raise_segment_errors(self, part: PartFile, results: list[Any]) -> None:
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -569,8 +589,12 @@ class _Attempt:
         *,
         limit: int | None,
         sniff: bool,
+        flush: bool = True,
     ) -> int:
-        """Copy the body (up to `limit` bytes) to `writer`; returns the bytes received."""
+        """Copy the body (up to `limit` bytes) to `writer`; returns the bytes received.
+
+        `flush=False` leaves the last batch queued for the caller's finishing hop.
+        """
         received = 0
         chunk_size = self.options.chunk_size
         while limit is None or received < limit:
@@ -582,7 +606,8 @@ class _Attempt:
                 _sniff_error_page(chunk, resp)
             received += len(chunk)
             self._progress(await writer.write(chunk))
-        self._progress(await writer.flush())
+        if flush:
+            self._progress(await writer.flush())
         return received
 
     async def _save_progress(self) -> None:
@@ -593,14 +618,22 @@ class _Attempt:
                 self._progress(await writer.flush())
         self._emit()
 
-    async def _finish(self, part: PartFile, total: int, digest: str) -> TransferResult:
-        name = self._name()
-        path = await part.finish(name, durable=self.options.durable)
+    async def _finish(
+        self,
+        part: PartFile | NewPart,
+        total: int,
+        hasher: Any,
+        *,
+        tail: SequentialWriter | None = None,
+    ) -> TransferResult:
+        """Make the file final in one hop: `tail`'s queued bytes, fsync, rename, folder fsync."""
+        batch = tail.take_pending() if tail is not None else None
+        path = await part.finish(durable=self.options.durable, tail=batch, hasher=hasher)
         return TransferResult(
             path=path,
-            name=name,
+            name=path.name,
             bytes=total,
-            sha256=digest,
+            sha256=hasher.hexdigest(),
             content_type=self.state.content_type,
             refetched=self.refetched,
             resumed_from=self.resumed_from,
@@ -652,6 +685,11 @@ class _Attempt:
         if self.state.name is None:
             raise AssertionError("name is fixed before any byte is written")
         return self.state.name
+
+    def _wanted(self) -> str:
+        if self.wanted is None:
+            raise AssertionError("the wanted name comes with the first response's headers")
+        return self.wanted
 
     def _total(self) -> int:
         if self.state.total is None:
