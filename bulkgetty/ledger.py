@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -46,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from .assets import Asset
 from .errors import JournalError, QuotaExceededError, UsageError
-from .journal import AssetState, Record, RunTotals
+from .journal import STATE_DIR, AssetState, Record, RunTotals
 from .ratelimit import RateLimiter
 
 __all__ = (
@@ -176,6 +178,26 @@ def _pg_errors(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapped
 
 
+def _lock_folder(out_dir: Path) -> int:
+    """The same folder lock as the SQLite journal's (`DIR/.bulkgetty/lock`): two workers must
+    never share a folder, whose file names and `.part` files each believes its own."""
+    state = out_dir / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise JournalError(
+            f"another bulkgetty run (pid {holder}) is using {out_dir}; "
+            "give each ledger worker its own --out folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class LedgerBudget:
     """The budget row as `ledger status` shows it."""
 
@@ -258,8 +280,13 @@ class Ledger:
     The connection is the worker's identity: its claims live exactly as long as it does.
     """
 
-    def __init__(self, dsn: str, out_dir: Path) -> None:
-        self._db = _connect(dsn)
+    def __init__(self, dsn: str, out_dir: Path, *, lock: bool = True) -> None:
+        self._lock_fd = _lock_folder(out_dir) if lock else None
+        try:
+            self._db = _connect(dsn)
+        except BaseException:
+            self._unlock()
+            raise
         self.out_dir = f"{socket.gethostname()}:{out_dir.resolve()}"
         try:
             row = self._db.execute(
@@ -267,10 +294,10 @@ class Ledger:
                 "FROM pg_stat_activity WHERE pid = pg_backend_pid()"
             ).fetchone()
         except psycopg.Error as exc:
-            self._db.close()
+            self.close()
             raise JournalError(f"ledger: {_pg_message(exc)}") from None
         if row is None or not row[2]:
-            self._db.close()
+            self.close()
             raise JournalError(
                 "the ledger has no bulkgetty tables: run `bulkgetty ledger init MANIFEST` first"
             )
@@ -279,6 +306,12 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[Any]]:

@@ -121,7 +121,7 @@ async def ledger_command(args: argparse.Namespace, env: Mapping[str, str], out: 
         )
         out.write(f"ledger: {added} assets added; budget {seeded} downloads; rate {rate:g}/s\n")
         return 0
-    led = ledger.Ledger(dsn, Path.cwd())
+    led = ledger.Ledger(dsn, Path.cwd(), lock=False)
     try:
         totals = led.totals()
         budget = led.budget()

@@ -93,6 +93,38 @@ def test_live_workers_claim_disjoint_assets_and_a_dead_workers_claims_are_taken_
     b.close()
 
 
+def test_racing_claims_are_disjoint_and_cover_every_asset(dsn: str, tmp_path: Path) -> None:
+    init_ledger(dsn, assets(500), downloads_remaining=0, api_rate=None)
+    claimed: list[list[str]] = [[] for _ in range(8)]
+    all_done = threading.Barrier(8, timeout=60)
+
+    def worker(i: int) -> None:
+        led = Ledger(dsn, tmp_path / f"w{i}")
+        try:
+            while records := led.claim(7):
+                claimed[i].extend(r.key for r in records)
+            all_done.wait()
+        finally:
+            led.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    flat = [k for keys in claimed for k in keys]
+    assert len(flat) == 500 == len(set(flat))
+
+
+def test_two_workers_on_one_folder_are_refused(dsn: str, tmp_path: Path) -> None:
+    init_ledger(dsn, assets(1), downloads_remaining=1, api_rate=None)
+    first = Ledger(dsn, tmp_path)
+    with pytest.raises(JournalError, match="give each ledger worker its own --out folder"):
+        Ledger(dsn, tmp_path)
+    first.close()
+    Ledger(dsn, tmp_path).close()  # free again once the first has gone
+
+
 def test_budget_is_reserved_with_the_intent_and_given_back_only_when_nothing_was_spent(
     dsn: str, tmp_path: Path
 ) -> None:
