@@ -8,6 +8,7 @@ asset bought once, the budget never below zero, the sandbox never had to answer 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -333,6 +334,18 @@ def test_six_workers_share_budget_and_rate_and_buy_each_asset_once(
         assert merged.returncode == 0, merged.stderr
         lines = (tmp_path / "merged" / "report.jsonl").read_text().splitlines()
         assert len(lines) == 60
+        status = subprocess.run(
+            [sys.executable, "-m", "bulkgetty", "ledger", "status"],
+            env={**env, "BULKGETTY_LEDGER": dsn},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert status.returncode == 0, status.stderr
+        shown = json.loads(status.stdout)
+        assert (shown["by_state"], shown["spends"]) == ({"done": 60}, 60)
+        assert (shown["budget_remaining"], shown["budget_spent"]) == (3000 - 60, 60)
 
 
 def _kill_when_spent(sb: SandboxThread, procs: list[subprocess.Popen[str]], at: int) -> None:
