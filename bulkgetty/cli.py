@@ -259,7 +259,10 @@ async def ledger_run_command(
     if args.manifest is not None or args.shard:
         raise UsageError("--ledger takes its rows from the ledger: give no MANIFEST or --shard")
     dsn = ledger_cli.ledger_dsn(args.ledger, env)
-    options = dataclasses.replace(options, ledger=dsn)
+    # Claim (and plan) a few rows at a time: a worker holds only what it is about to work on,
+    # so the team shares the work even when one worker starts well before the others.
+    batch = 2 * options.concurrency
+    options = dataclasses.replace(options, ledger=dsn, plan_batch=batch)
     async with contextlib.AsyncExitStack() as stack:
         if args.sandbox:
             from .sandbox import Sandbox
@@ -272,7 +275,7 @@ async def ledger_run_command(
         downloader.redact.add(ledger_cli.secrets_of(dsn))
         emit.redact = downloader.redact
         async with downloader:
-            rows = ledger_cli.ledger_rows(downloader.journal)
+            rows = ledger_cli.ledger_rows(downloader.journal, batch)
             result = await downloader.run(rows, manifest="<ledger>")
     emit.finished(result)
     return result.exit_code

@@ -53,6 +53,9 @@ class RunOptions:
     #: PostgreSQL connection string of the team's shared ledger (ledger.py) instead of the
     #: SQLite journal in DIR; the API rate then comes from the ledger, shared by all workers.
     ledger: str | None = None
+    #: Rows the planner gathers before it looks them up (None: the engine's default). A ledger
+    #: worker plans small batches so it claims only what it is about to work on.
+    plan_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

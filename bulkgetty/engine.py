@@ -348,7 +348,7 @@ class Downloader:
                     continue
                 seen.add(digest)
                 batch.append(asset)
-                if len(batch) >= PLAN_BATCH:
+                if len(batch) >= (self.options.plan_batch or PLAN_BATCH):
                     await self._plan_batch(batch, run_id, acq, xfer)
                     batch = []
             if batch:

@@ -57,13 +57,13 @@ def secrets_of(dsn: str) -> list[str]:
     return found
 
 
-async def ledger_rows(journal: object) -> AsyncIterator[Asset]:
-    """The assets this worker claims from the ledger, batch by batch."""
+async def ledger_rows(journal: object, batch: int) -> AsyncIterator[Asset]:
+    """The assets this worker claims from the ledger, `batch` at a time."""
     from .ledger import AsyncLedger, claimed_rows
 
     if not isinstance(journal, AsyncLedger):
         raise UsageError("--ledger: the run's journal is not a ledger")
-    async for asset in claimed_rows(journal):
+    async for asset in claimed_rows(journal, batch):
         yield asset
 
 
