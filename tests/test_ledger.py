@@ -24,7 +24,7 @@ import pytest
 from bulkgetty.assets import Asset
 from bulkgetty.errors import JournalError, QuotaExceededError
 from bulkgetty.journal import AssetState
-from bulkgetty.sandbox import SandboxConfig, SandboxThread
+from bulkgetty.sandbox import Product, SandboxConfig, SandboxThread
 
 from .e2e.test_cli import REPO, assert_files_match, clean_env, report
 from .postgres import PostgresServer, postgres_server, unavailable
@@ -406,3 +406,28 @@ def test_budget_smaller_than_the_manifest_is_spent_exactly_then_the_rest_waits(
         statuses = [r["status"] for r in worker_rows(tmp_path)]
         assert statuses.count("downloaded") == 25
         assert sb.stats.rejected_429 == 0
+
+
+def test_account_quota_hit_mid_run_gives_unspent_reservations_back(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The ledger's budget is larger than what the account really has left: the sandbox
+    answers 403 OverageLimitReached; refused POSTs give their download back to the budget."""
+    ids = [str(8_400_000 + i) for i in range(40)]
+    manifest = tmp_path / "ids.txt"
+    manifest.write_text("\n".join(ids) + "\n")
+    config = SandboxConfig(
+        image_bytes=(20_000, 60_000), qps=QPS, products=(Product(1001, "premiumaccess", 22),)
+    )
+    with SandboxThread(config) as sb:
+        env = clean_env(sb.credentials_env())
+        ledger_init_cli(dsn, manifest, env, "--downloads-remaining", "100")
+        results = wait_all(start_workers(dsn, tmp_path, 4, env))
+        assert {code for code, _ in results} <= {0, 3}
+        assert sum(sb.spends_by_asset().values()) == 22
+        assert set(sb.spends_by_asset().values()) == {1}
+        assert budget_row(dsn) == (100 - 22, 22)
+        assert sb.stats.rejected_429 == 0
+        with psycopg.connect(dsn) as db:
+            held = db.execute("SELECT count(*) FROM bulkgetty_assets WHERE holds_budget")
+            assert held.fetchone() == (0,)
