@@ -55,6 +55,10 @@ class Budget:
     def give_back(self) -> None:
         self.used -= 1
 
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.used >= self.limit
+
 
 @dataclass(slots=True)
 class QuotaGate:
@@ -95,12 +99,27 @@ class Acquirer:
                 return self._failed(record, str(result))
             await asyncio.sleep(self.policy.delay(attempt))
 
+    def refused_now(self, record: Record) -> Outcome | None:
+        """The refusal `acquire` would give right now, without taking a budget slot.
+
+        The planner asks first, so that once the quota or the cap is closed the rest of a
+        huge manifest is put aside in batches instead of queueing for an acquirer one by one.
+        """
+        reason = self.quota.closed(record)
+        if reason is None and self.budget.full:
+            reason = self._cap_reason()
+        return self._wait(record, reason) if reason is not None else None
+
     async def _refusal(self, record: Record) -> Outcome | None:
         reason = self.quota.closed(record)
         if reason is None and not self.budget.take():
-            reason = f"--max-downloads {self.budget.limit} reached in this run"
-        if reason is None:
-            return None
+            reason = self._cap_reason()
+        return self._wait(record, reason) if reason is not None else None
+
+    def _cap_reason(self) -> str:
+        return f"--max-downloads {self.budget.limit} reached in this run"
+
+    def _wait(self, record: Record, reason: str) -> Outcome:
         self.journal.stage_waiting(record.key, reason)
         return Outcome(record.asset, Status.WAITING_FOR_QUOTA, error=reason)
 

@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .acquire import Acquirer, Budget
 from .api import DownloadGrant, GettyClient
-from .assets import Asset
+from .assets import Asset, DigestTable
 from .auth import Credentials, TokenProvider
 from .backend import AsyncJournalLike
 from .config import DEFAULT_API_URL, RunOptions
@@ -339,14 +339,12 @@ class Downloader:
         acq: MemoryObjectSendStream[Record],
         xfer: MemoryObjectSendStream[_Work],
     ) -> None:
-        seen: set[bytes] = set()
+        seen = DigestTable()  # 24 bytes a row, not a set's 100+
         async with acq, xfer:
             batch: list[Asset] = []
             async for asset in _aiter(rows):
-                digest = asset.digest
-                if digest in seen:
+                if seen.setdefault(asset.digest, 1):
                     continue
-                seen.add(digest)
                 batch.append(asset)
                 if len(batch) >= (self.options.plan_batch or PLAN_BATCH):
                     await self._plan_batch(batch, run_id, acq, xfer)
@@ -389,6 +387,10 @@ class Downloader:
             elif decision.action is Action.FAIL:
                 await j.call(j.journal.record_failed, record.key, decision.reason)
                 self._finish(Outcome(record.asset, Status.FAILED, error=decision.reason))
+            elif decision.action is Action.ACQUIRE and (
+                refused := self.acquirer.refused_now(record)
+            ):
+                self._finish(refused)
             else:
                 await acq.send(record)
 

@@ -20,7 +20,7 @@ Decisions worth knowing:
   `ManifestError` after the last good row. A caller that must not spend on a bad manifest runs
   `validate_manifest` (or drains `read_manifest`) before buying anything.
 * **Flat memory.** Rows stream; the only state that grows is one 24-byte slot per unique row in
-  `_SeenTable` (about 50 MB for a million unique rows, against >100 MB for a `set` of digests).
+  `DigestTable` (about 50 MB for a million unique rows, against >100 MB for a `set` of digests).
 * **Bytes are decoded per line**, so a stray non-UTF-8 byte is reported at its line and the rest
   of the file is still checked. A UTF-8 BOM and CRLF line endings are accepted.
 * **Writing ``.txt``** can only carry ids. It is accepted when every asset has the same
@@ -40,13 +40,12 @@ import os
 import re
 import sys
 import tempfile
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, TextIO, cast, get_args
 
-from .assets import PRODUCT_TYPES, Asset, AssetType
+from .assets import PRODUCT_TYPES, Asset, AssetType, DigestTable
 from .errors import ManifestError, ManifestProblem, UsageError
 
 __all__ = (
@@ -85,6 +84,7 @@ _SIZE_RE: Final = re.compile(r"[a-z0-9_]{1,32}")
 _MAX_ID: Final = 64
 _MAX_DIGITS: Final = 12
 _MAX_LINE: Final = 1 << 20
+_BLOCK: Final = 1 << 20
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
@@ -233,6 +233,10 @@ def parse_row(fields: Mapping[str, object], defaults: ManifestDefaults) -> Asset
     Every key must be one of `FIELDS`; the CSV reader drops unknown columns before calling this.
     All of a row's problems are named at once, so one pass over the file fixes it.
     """
+    if len(fields) == 1:  # the common row of a .txt manifest: an id, nothing else
+        plain = fields.get("id")
+        if isinstance(plain, str) and len(plain) <= _MAX_ID and _ID_RE.fullmatch(plain):
+            return Asset(plain, defaults.asset_type, defaults.product_type)
     problems: list[str] = []
     if any(k not in _PARSERS for k in fields):
         unknown = ", ".join(_show(k) for k in sorted(map(str, fields)) if k not in _PARSERS)
@@ -287,10 +291,53 @@ class _Lines:
             yield text
 
     def _decoded(self) -> Iterator[str]:
+        probe = self.stream.read(0)
+        if isinstance(probe, str):
+            yield from self._text_lines()
+        else:
+            yield from self._byte_lines()
+
+    def _byte_lines(self) -> Iterator[str]:
+        """Read 1 MiB blocks and split them: per-line reads cost more than checking a row."""
+        read = self.stream.read
+        carry = b""
+        skipping = False  # inside an over-long line, already reported
+        while block := cast("bytes", read(_BLOCK)):
+            if skipping:
+                newline = block.find(b"\n")
+                if newline < 0:
+                    continue
+                block, skipping = block[newline + 1 :], False
+            data = carry + block
+            end = data.rfind(b"\n") + 1
+            carry = data[end:]
+            yield from self._split(data[:end])
+            if len(carry) > _MAX_LINE:
+                self.number += 1
+                self.bad[self.number] = f"line is longer than {_MAX_LINE} characters"
+                yield "\n"
+                carry, skipping = b"", True
+        if carry:
+            yield from self._split(carry + b"\n")
+
+    def _split(self, data: bytes) -> Iterator[str]:
+        """Complete lines of `data` (which ends with a newline), each with its newline."""
+        try:
+            lines = data.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            for raw in data.split(b"\n")[:-1]:
+                self.number += 1
+                yield self._decode(raw + b"\n")
+            return
+        for line in lines[:-1]:
+            self.number += 1
+            yield line + "\n"
+
+    def _text_lines(self) -> Iterator[str]:
         readline = self.stream.readline
         while True:
             try:
-                chunk: bytes | str = readline(_MAX_LINE + 1)
+                chunk = cast("str", readline(_MAX_LINE + 1))
             except UnicodeDecodeError as exc:  # a text stream we could not get bytes from
                 self.number += 1
                 self.bad[self.number] = f"not valid UTF-8 ({exc.reason}); reading stopped here"
@@ -298,16 +345,13 @@ class _Lines:
             if not chunk:
                 return
             self.number += 1
-            newline = "\n" if isinstance(chunk, str) else b"\n"
-            if len(chunk) > _MAX_LINE and not chunk.endswith(newline):  # type: ignore[arg-type]
+            if len(chunk) > _MAX_LINE and not chunk.endswith("\n"):
                 self.bad[self.number] = f"line is longer than {_MAX_LINE} characters"
-                while chunk and not chunk.endswith(newline):  # type: ignore[arg-type]
-                    chunk = readline(_MAX_LINE)
+                while chunk and not chunk.endswith("\n"):
+                    chunk = cast("str", readline(_MAX_LINE))
                 yield "\n"
-            elif isinstance(chunk, str):
-                yield chunk
             else:
-                yield self._decode(chunk)
+                yield chunk
 
     def _decode(self, chunk: bytes) -> str:
         try:
@@ -438,59 +482,6 @@ def _csv_records(lines: _Lines, name: str) -> Iterator[_Record]:
 # --------------------------------------------------------------------------- duplicates
 
 
-class _SeenTable:
-    """Open-addressing hash set of 16-byte `Asset.digest` values with one 64-bit word each.
-
-    Why not a `set[bytes]`: each bytes object costs ~56 bytes plus its set slot, over 100 MB at
-    a million unique rows. Here a slot is 16 key bytes plus one word (first line << 32 | hash of
-    the non-identity options), about 50 MB for a million. The digest is already uniform, so its
-    first 8 bytes index the table directly; a zero word marks an empty slot (lines start at 1).
-    """
-
-    __slots__ = ("_count", "_keys", "_mask", "_words")
-
-    def __init__(self, capacity: int = 1 << 14) -> None:
-        self._keys = bytearray(16 * capacity)
-        self._words = array("Q", [0]) * capacity
-        self._mask = capacity - 1
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def setdefault(self, digest: bytes, word: int) -> int:
-        """The word stored for `digest`; if there was none, store `word` and return 0."""
-        keys, words, mask = self._keys, self._words, self._mask
-        slot = int.from_bytes(digest[:8], "little") & mask
-        while True:
-            found = words[slot]
-            if not found:
-                keys[16 * slot : 16 * slot + 16] = digest
-                words[slot] = word
-                self._count += 1
-                if 10 * self._count > 7 * len(words):
-                    self._grow()
-                return 0
-            if keys[16 * slot : 16 * slot + 16] == digest:
-                return found
-            slot = (slot + 1) & mask
-
-    def _grow(self) -> None:
-        old_keys, old_words = memoryview(self._keys), self._words
-        capacity = 2 * len(old_words)
-        keys = self._keys = bytearray(16 * capacity)
-        words = self._words = array("Q", [0]) * capacity
-        mask = self._mask = capacity - 1
-        for old, word in enumerate(old_words):
-            if word:
-                digest = old_keys[16 * old : 16 * old + 16]
-                slot = int.from_bytes(digest[:8], "little") & mask
-                while words[slot]:
-                    slot = (slot + 1) & mask
-                keys[16 * slot : 16 * slot + 16] = digest
-                words[slot] = word
-
-
 def _extras(asset: Asset) -> int:
     """Hash of what a duplicate must agree on although it is not part of identity."""
     if asset.use_team_credits is None and not asset.project_code and not asset.download_notes:
@@ -557,7 +548,7 @@ def _scan(
 ) -> Iterator[ManifestRow]:
     fmt = _format_of(path)
     stream = _open(path, stdin)
-    seen = _SeenTable()
+    seen = DigestTable()
     try:
         lines = _Lines(stream)
         if fmt == ".csv":
