@@ -73,11 +73,27 @@ class Scenario:
     no_fsync_row: bool = False  # add a `bulkgetty --no-fsync` row
     targets: tuple[Target, ...] = ()
     max_rss_mib: float | None = None
+    #: nginx `limit_rate` per connection (a bandwidth cap that segmenting can beat).
+    limit_rate: str | None = None
+    #: Extra bulkgetty rows: (label, extra arguments).
+    variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Manifest rows when more than `files`: the rest wait for `--max-downloads files`.
+    rows: int = 0
+    #: Seconds from start to the first finished file that the scenario must beat.
+    first_file_within: float | None = None
 
     def scaled(self, scale: float) -> tuple[int, int]:
         if self.scale_by == "files":
             return max(1, round(self.files * scale)), self.file_bytes
         return self.files, max(64 * KiB, round(self.file_bytes * scale))
+
+    def scaled_rows(self, scale: float) -> int:
+        return max(1, round(self.rows * scale)) if self.rows else 0
+
+    @property
+    def expect_exit(self) -> int:
+        """A manifest larger than the cap leaves rows waiting: bulkgetty exits 3 by contract."""
+        return 3 if self.rows else 0
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -179,6 +195,36 @@ SCENARIOS: dict[str, Scenario] = {
             asset_type="video",
             max_rss_mib=80.0,
         ),
+        Scenario(
+            "capped",
+            "2 x 1 GiB videos, nginx limit_rate 50 MB/s per connection, 2 streams, to tmpfs",
+            2,
+            1024 * MiB,
+            2,
+            "shm",
+            scale_by="bytes",
+            asset_type="video",
+            limit_rate="50m",
+            segmented_peer=True,
+            variants=(("bulkgetty --segments 1", ("--segments", "1")),),
+            targets=(
+                Target("bulkgetty --segments 1", 3.0, "capped: segmented >= 3x unsegmented"),
+                Target("aria2c -j2 -x4 -s4", 1.0, "capped: >= 1.0x aria2c -x4"),
+            ),
+        ),
+        Scenario(
+            "manifest-1m",
+            "1,000,000-row manifest, --max-downloads 20000 (16 KiB images from nginx, to "
+            "tmpfs): peak RSS and time to the first finished file",
+            20000,
+            16 * KiB,
+            16,
+            "shm",
+            rows=1_000_000,
+            only_bulkgetty=True,
+            max_rss_mib=150.0,
+            first_file_within=5.0,
+        ),
     )
 }
 ALIASES = {"latency": ["latency-c16", "latency-c64"], "all": list(SCENARIOS)}
@@ -215,6 +261,7 @@ def _bulkgetty(*extra: str) -> Callable[[Ctx, Path], list[str]]:
     def build(ctx: Ctx, dest: Path) -> list[str]:
         s = ctx.scenario
         rate = str(s.qps) if s.qps else "100000"
+        cap = ("--max-downloads", str(ctx.files)) if s.rows else ()
         return [
             sys.executable,
             "-m",
@@ -232,6 +279,7 @@ def _bulkgetty(*extra: str) -> Callable[[Ctx, Path], list[str]]:
             "--asset-type",
             s.asset_type,
             "--quiet",
+            *cap,
             *extra,
         ]
 
@@ -299,6 +347,7 @@ def tools_for(s: Scenario) -> list[Tool]:
     tools = [Tool("bulkgetty", "bulkgetty", _bulkgetty())]
     if s.no_fsync_row:
         tools.append(Tool("bulkgetty --no-fsync", "bulkgetty", _bulkgetty("--no-fsync")))
+    tools += [Tool(label, "bulkgetty", _bulkgetty(*args)) for label, args in s.variants]
     if s.only_bulkgetty:
         return tools
     tools += [
@@ -355,6 +404,8 @@ class Run:
     server_cpu: dict[str, float] = field(default_factory=dict)
     api_requests: int | None = None
     rejected_429: int | None = None
+    #: Seconds from the start to the first finished (non-.part) file in the destination.
+    first_file_s: float | None = None
     error: str = ""
 
 
@@ -370,8 +421,30 @@ RSS_SOURCE = (
 )
 
 
-def measure(cmd: Sequence[str], env: dict[str, str], log: Path) -> tuple[int, float, float, float]:
-    """(exit code, wall s, cpu s, peak RSS MiB) of one child, killed after RUN_TIMEOUT.
+class FirstFile(threading.Thread):
+    """Polls a destination folder for its first finished file (any tool): time to first byte
+    on disk as a user sees it, from outside the tool."""
+
+    def __init__(self, dest: Path, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.dest, self.t0 = dest, t0
+        self.found: float | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with os.scandir(self.dest) as it:
+                if any(e.is_file() and not e.name.endswith(".part") for e in it):
+                    self.found = time.monotonic() - self.t0
+                    return
+            self.stop.wait(0.02)
+
+
+def measure(
+    cmd: Sequence[str], env: dict[str, str], log: Path, watch: Path | None = None
+) -> tuple[int, float, float, float, float | None]:
+    """(exit code, wall s, cpu s, peak RSS MiB, first file s) of one child, killed after
+    RUN_TIMEOUT. `watch`: the destination to poll for the first finished file.
 
     With GNU time the tool is forked from `time`'s small process, so its ru_maxrss is its own;
     a direct child of this (large) Python process would inherit our RSS high-water mark.
@@ -391,6 +464,9 @@ def measure(cmd: Sequence[str], env: dict[str, str], log: Path) -> tuple[int, fl
             start_new_session=True,
         )
         _current = proc
+        watcher = FirstFile(watch, t0) if watch is not None else None
+        if watcher is not None:
+            watcher.start()
         timer = threading.Timer(RUN_TIMEOUT, _kill, (proc,))
         timer.start()
         try:
@@ -398,6 +474,9 @@ def measure(cmd: Sequence[str], env: dict[str, str], log: Path) -> tuple[int, fl
         finally:
             timer.cancel()
             _current = None
+            if watcher is not None:
+                watcher.stop.set()
+                watcher.join()
         wall = time.monotonic() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     cpu, rss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
@@ -407,7 +486,7 @@ def measure(cmd: Sequence[str], env: dict[str, str], log: Path) -> tuple[int, fl
             cpu, rss = float(user) + float(sys_), int(kib) / 1024
         except (OSError, ValueError, IndexError):
             pass  # killed before time could write: keep wait4's figures
-    return proc.returncode, wall, cpu, rss
+    return proc.returncode, wall, cpu, rss, watcher.found if watcher is not None else None
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -570,7 +649,9 @@ def run_scenario(
             delivery_base = servers.start_latency(corpus, s.delay)
             delivery = f"aiohttp latency server ({s.delay * 1000:.0f} ms)"
         elif find_nginx() is not None:
-            delivery_base = servers.start_nginx(corpus)
+            delivery_base = servers.start_nginx(corpus, limit_rate=s.limit_rate)
+            if s.limit_rate:
+                delivery = f"nginx, limit_rate {s.limit_rate} per connection"
         else:
             delivery = "sandbox delivery origin (nginx missing)"
             notes.append("nginx is missing: delivery is the sandbox's own Python origin")
@@ -588,7 +669,10 @@ def run_scenario(
             urls = asyncio.run(acquire_urls(api_url, info["env"], assets))
         (work / "urls.txt").write_text("".join(u + "\n" for u in urls))
         manifest = work / "manifest.txt"
-        manifest.write_text("".join(i + "\n" for i in ids))
+        with manifest.open("w", encoding="utf-8") as fh:
+            fh.writelines(i + "\n" for i in ids)
+            extra = s.scaled_rows(scale) - len(ids)  # ids no corpus has: never bought (cap)
+            fh.writelines(f"{5_000_000 + j}\n" for j in range(max(0, extra)))
         ctx = Ctx(s, files, file_bytes, work, urls, names, manifest, api_url, env)
         dest_root = disk_root if s.dest == "disk" else shm_root
         say(f"   delivery: {delivery}; destination: {s.dest} ({dest_root})")
@@ -637,17 +721,19 @@ def one_run(
     state0 = sandbox_state(ctx.api_url) if tool.kind == "bulkgetty" else None
     cpu0 = servers.cpu_seconds()
     log = ctx.work / f"{safe}-{rep}.log"
-    code, wall, cpu, rss = measure(cmd, ctx.env, log)
+    watch = dest if s.first_file_within is not None else None
+    code, wall, cpu, rss, first = measure(cmd, ctx.env, log, watch)
     sync_s = timed_sync() if s.durable else 0.0
     cpu1 = servers.cpu_seconds()
     run = Run(tool.label, rep, False, wall + sync_s, wall, sync_s, cpu, rss, code)
+    run.first_file_s = first
     run.server_cpu = {k: round(cpu1.get(k, 0.0) - v, 3) for k, v in cpu0.items()}
     if state0 is not None:
         state1 = sandbox_state(ctx.api_url)
         run.api_requests = int(state1["api_requests"]) - int(state0["api_requests"])
         run.rejected_429 = int(state1["rejected_429"]) - int(state0["rejected_429"])
     run.files, run.bytes, problem = verify(dest, ctx.files, ctx.file_bytes, expected)
-    if code != 0:
+    if code != (s.expect_exit if tool.kind == "bulkgetty" else 0):
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         run.error = f"exit {code}: " + " | ".join(tail)
     elif problem:
@@ -722,6 +808,18 @@ def summarize(res: ScenarioResult, s: Scenario, tools: list[Tool]) -> None:
                 "measured": {"assets_per_s": rate, "share_429": share},
                 "met": rate >= 0.95 * s.qps and share < 0.01,
                 "how": "files / median wall; 429s and API requests from /__sandbox__/state",
+            }
+        )
+    firsts = [r.first_file_s for r in res.runs if r.ok and r.tool == "bulkgetty"]
+    if s.first_file_within is not None and firsts:
+        known = [f for f in firsts if f is not None]
+        first = statistics.median(known) if len(known) == len(firsts) else None
+        res.targets.append(
+            {
+                "target": f"first finished file within {s.first_file_within:g} s",
+                "measured": first,
+                "met": first is not None and first <= s.first_file_within,
+                "how": "median over reps of the time to the first non-.part file in the folder",
             }
         )
     if s.max_rss_mib is not None and bg.get("ok"):

@@ -48,7 +48,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
-        location / {{ }}
+        location / {{ {location} }}
     }}
 }}
 """
@@ -115,7 +115,8 @@ class ServerSet:
         self.procs.append((name, proc))
         return proc
 
-    def start_nginx(self, root: Path) -> str:
+    def start_nginx(self, root: Path, *, limit_rate: str | None = None) -> str:
+        """nginx serving `root`; `limit_rate` caps every connection (nginx syntax, e.g. 50m)."""
         nginx = find_nginx()
         if nginx is None:
             raise FileNotFoundError("nginx")
@@ -124,7 +125,10 @@ class ServerSet:
         (prefix / "tmp").mkdir()
         port = free_port()
         conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=root.resolve()))
+        location = f"limit_rate {limit_rate};" if limit_rate else ""
+        conf.write_text(
+            NGINX_CONF.format(prefix=prefix, port=port, root=root.resolve(), location=location)
+        )
         self.spawn("nginx", [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "e")])
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/")

@@ -1,6 +1,8 @@
 """bulkgetty: bulk downloads from the Getty Images / iStock API, quota-exact and resumable.
 
-The CLI is a thin layer over this API:
+The CLI is a thin layer over this API (`plan`: `estimate`; `status`: `journal_status`;
+`history`/`search`: `history_to_manifest`/`search_to_manifest` on an `open_client` client;
+the terminal display: `RunDisplay`, one more listener of the events):
 
     async with Downloader(Credentials.from_env(), RunOptions(out_dir=Path("out"))) as d:
         result = await d.run(assets)
@@ -9,6 +11,7 @@ The CLI is a thin layer over this API:
 from .assets import PRODUCT_TYPES, Asset, AssetType
 from .auth import Credentials
 from .config import DEFAULT_API_URL, RunOptions
+from .connect import open_client
 from .engine import Downloader, RunResult, run
 from .errors import (
     ApiError,
@@ -32,23 +35,33 @@ from .errors import (
     UsageError,
 )
 from .events import (
+    EVENT_SCHEMA,
+    EVENT_SCHEMA_VERSION,
     AssetAcquired,
     AssetDone,
     AssetFailed,
     AssetWaiting,
     Event,
+    InFlight,
     Progress,
     QuotaReached,
     RunFinished,
     RunStarted,
 )
+from .history import HistoryFilter, history_to_manifest
 from .manifest import ManifestDefaults, ManifestRow, read_manifest, validate_manifest
+from .plan import PlanEstimate, ProductPlan, estimate
+from .progress import RunDisplay
 from .report import RunSummary, Status
+from .search import search_to_manifest
+from .status import JournalStatus, journal_status
 
 __version__ = "0.1.0"
 
 __all__ = (
     "DEFAULT_API_URL",
+    "EVENT_SCHEMA",
+    "EVENT_SCHEMA_VERSION",
     "PRODUCT_TYPES",
     "ApiError",
     "Asset",
@@ -64,19 +77,25 @@ __all__ = (
     "DeliveryError",
     "Downloader",
     "Event",
+    "HistoryFilter",
+    "InFlight",
     "IntegrityError",
     "JournalError",
+    "JournalStatus",
     "ManifestDefaults",
     "ManifestError",
     "ManifestProblem",
     "ManifestRow",
     "NotFoundError",
+    "PlanEstimate",
+    "ProductPlan",
     "Progress",
     "QuotaExceededError",
     "QuotaReached",
     "RateLimitedError",
     "ReadError",
     "RedirectError",
+    "RunDisplay",
     "RunFinished",
     "RunOptions",
     "RunResult",
@@ -88,7 +107,12 @@ __all__ = (
     "TransportError",
     "UriExpiredError",
     "UsageError",
+    "estimate",
+    "history_to_manifest",
+    "journal_status",
+    "open_client",
     "read_manifest",
     "run",
+    "search_to_manifest",
     "validate_manifest",
 )

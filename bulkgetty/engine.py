@@ -33,10 +33,12 @@ from .backend import AsyncJournalLike
 from .config import DEFAULT_API_URL, RunOptions
 from .errors import AuthenticationError, BulkGettyError, UriExpiredError, UsageError
 from .events import (
+    MAX_IN_FLIGHT,
     AssetDone,
     AssetFailed,
     AssetWaiting,
     Event,
+    InFlight,
     Progress,
     RunFinished,
     RunStarted,
@@ -78,6 +80,15 @@ class _Work:
     #: The URI was bought again in this run (the asset had been paid for before): if it is
     #: refused too, do not buy a third time.
     rebought: bool = False
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One transfer in flight, for progress displays (not for resuming: the journal is)."""
+
+    asset: Asset
+    done: int = 0
+    total: int | None = None
 
 
 @final
@@ -210,8 +221,12 @@ class Downloader:
 
     # the run ---------------------------------------------------------------------------
 
-    async def run(self, rows: Rows, *, manifest: str = "<api>") -> RunResult:
-        """Download every asset in `rows`; the same rows again resume and spend nothing twice."""
+    async def run(self, rows: Rows, *, manifest: str = "<api>", unique: bool = False) -> RunResult:
+        """Download every asset in `rows`; the same rows again resume and spend nothing twice.
+
+        Duplicate rows are skipped; `unique=True` says the caller already dropped them (as
+        `read_manifest` does), which saves the 24 bytes a row the check would cost.
+        """
         j = self.journal
         if self.options.journal_meta:
             await j.call(j.journal.bind_meta, dict(self.options.journal_meta))
@@ -222,10 +237,11 @@ class Downloader:
         self.acquirer = Acquirer(self.client, j, self.budget, self.policy, self._emit)
         self._seen = 0
         self._bytes_moved = 0
+        self._flights: dict[str, _Flight] = {}
         self._fatal: BulkGettyError | None = None
         self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
         try:
-            await self._pipeline(rows, run_id)
+            await self._pipeline(rows if unique else _unique(rows), run_id)
             await j.flush()
             await self._sweep_orphan_parts()
         finally:
@@ -301,8 +317,18 @@ class Downloader:
                     files_total_seen=self._seen,
                     bytes_done=self._bytes_moved,
                     spends=self.acquirer.spends,
+                    in_flight=self._largest_flights(),
                 )
             )
+
+    def _largest_flights(self) -> tuple[InFlight, ...]:
+        flights = sorted(
+            self._flights.values(), key=lambda f: (f.total or f.done, f.done), reverse=True
+        )
+        return tuple(
+            InFlight(id=f.asset.id, asset_type=f.asset.asset_type, bytes_done=f.done, total=f.total)
+            for f in flights[:MAX_IN_FLIGHT]
+        )
 
     def _finish(self, outcome: Outcome) -> None:
         self.summary.count(outcome)
@@ -339,12 +365,9 @@ class Downloader:
         acq: MemoryObjectSendStream[Record],
         xfer: MemoryObjectSendStream[_Work],
     ) -> None:
-        seen = DigestTable()  # 24 bytes a row, not a set's 100+
         async with acq, xfer:
             batch: list[Asset] = []
             async for asset in _aiter(rows):
-                if seen.setdefault(asset.digest, 1):
-                    continue
                 batch.append(asset)
                 if len(batch) >= (self.options.plan_batch or PLAN_BATCH):
                     await self._plan_batch(batch, run_id, acq, xfer)
@@ -437,6 +460,15 @@ class Downloader:
                 self._finish(await self._transfer(work))
 
     async def _transfer(self, work: _Work) -> Outcome:
+        """One asset's transfer, tracked as in flight for progress displays."""
+        key = work.record.key
+        self._flights[key] = _Flight(work.record.asset)
+        try:
+            return await self._transfer_attempts(work, self._flights[key])
+        finally:
+            del self._flights[key]
+
+    async def _transfer_attempts(self, work: _Work, flight: _Flight) -> Outcome:
         """Attempts of one asset's transfer, resuming from the last recorded state each time."""
         record, uri = work.record, work.uri
         asset = record.asset
@@ -451,10 +483,12 @@ class Downloader:
         def on_state(new: TransferState) -> None:
             nonlocal state
             state = new
+            flight.done, flight.total = new.done, new.total
             j.stage_progress(record.key, new.to_json())
 
         def on_progress(n: int) -> None:
             self._bytes_moved += n
+            flight.done += n
 
         async def attempt() -> TransferResult:
             return await transfer(
@@ -517,6 +551,13 @@ class Downloader:
         if result is None:
             return Outcome(record.asset, Status.FAILED, error="run aborted")
         return result
+
+
+async def _unique(rows: Rows) -> AsyncIterator[Asset]:
+    seen = DigestTable()  # 24 bytes a row, not a set's 100+
+    async for asset in _aiter(rows):
+        if not seen.setdefault(asset.digest, 1):
+            yield asset
 
 
 async def _aiter(rows: Rows) -> AsyncIterator[Asset]:

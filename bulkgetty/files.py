@@ -25,7 +25,7 @@ import re
 import stat
 import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +37,7 @@ from .errors import StorageError
 __all__ = (
     "MAX_NAME_BYTES",
     "PART_SUFFIX",
+    "HashFollower",
     "NewPart",
     "OutputDir",
     "PartFile",
@@ -55,6 +56,9 @@ MAX_NAME_BYTES: Final = 255 - len(PART_SUFFIX)
 #: Small writes are gathered until at least this many bytes, then written with one pwrite.
 WRITE_BATCH: Final = 2**20
 _READ_CHUNK: Final = 2**20
+_IOV_MAX: Final = 1024
+#: Most bytes a HashFollower hashes per thread hop.
+_FOLLOW_STEP: Final = 16 * 2**20
 _MAX_EXT_BYTES: Final = 32
 _MAX_COLLISIONS: Final = 10_000
 #: Names handed to one thread hop that creates or renames a file (more only when all taken).
@@ -681,6 +685,49 @@ async def sha256_file(path: str | os.PathLike[str], *, upto: int | None = None) 
         raise _storage_error(exc, Path(path), "read") from exc
 
 
+class HashFollower:
+    """SHA-256 of a file written out of order (segments), computed while it is written.
+
+    `available(pos)` says up to where the bytes from `pos` on are final on disk (the position
+    of the segment writer covering `pos`). The follower reads them back from the page cache
+    right behind the writers and hashes them in order, so a segmented download does not end
+    with a second full read of the file; `poke()` after each write wakes it.
+    """
+
+    def __init__(self, path: Path, total: int, available: Callable[[int], int]) -> None:
+        self.path, self.total, self.available = path, total, available
+        self._changed = asyncio.Event()
+
+    def poke(self) -> None:
+        self._changed.set()
+
+    async def run(self) -> Any:
+        """The hasher of all `total` bytes; waits for the writers as needed (cancel to stop)."""
+        hasher = hashlib.sha256()
+        try:
+            fd = await asyncio.to_thread(os.open, self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _storage_error(exc, self.path, "read") from exc
+        pos = 0
+        try:
+            while pos < self.total:
+                ready = min(self.available(pos), self.total)
+                if ready <= pos:
+                    self._changed.clear()
+                    if min(self.available(pos), self.total) <= pos:
+                        await self._changed.wait()
+                    continue
+                n = min(ready - pos, _FOLLOW_STEP)
+                try:
+                    await asyncio.to_thread(_hash_range, fd, pos, n, hasher)
+                except OSError as exc:
+                    raise _storage_error(exc, self.path, "read") from exc
+                pos += n
+        finally:
+            os.close(fd)
+        return hasher
+
+
 # ------------------------------------------------------ blocking helpers (threads)
 
 
@@ -707,8 +754,17 @@ def _pwrite_all(
 
 
 def _write_chunks(fd: int, chunks: list[bytes], offset: int, hasher: Any | None) -> int:
-    data: bytes | bytearray = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return _pwrite_all(fd, data, offset, hasher)
+    """One pwritev for the whole batch (no join copy); a short write finishes with pwrite."""
+    if len(chunks) == 1 or len(chunks) > _IOV_MAX:
+        return _pwrite_all(fd, chunks[0] if len(chunks) == 1 else b"".join(chunks), offset, hasher)
+    total = sum(map(len, chunks))
+    done = os.pwritev(fd, chunks, offset)
+    if done < total:
+        _pwrite_all(fd, memoryview(b"".join(chunks))[done:], offset + done, None)
+    if hasher is not None:
+        for chunk in chunks:
+            hasher.update(chunk)
+    return total
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -833,6 +889,16 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
         os.rename(src, dst)
         return
     os.unlink(src)
+
+
+def _hash_range(fd: int, offset: int, length: int, hasher: Any) -> None:
+    end = offset + length
+    while offset < end:
+        data = os.pread(fd, min(_READ_CHUNK, end - offset), offset)
+        if not data:
+            raise OSError(errno.EIO, f"file ended at byte {offset}, expected {end}")
+        hasher.update(data)
+        offset += len(data)
 
 
 def _hash_file(path: str, upto: int | None) -> Any:

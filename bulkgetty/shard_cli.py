@@ -13,21 +13,19 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
-from .api import GettyClient, ProductInfo
+from .api import ProductInfo
 from .assets import Asset
-from .auth import Credentials, TokenProvider
+from .auth import Credentials
 from .config import DEFAULT_API_RATE, DEFAULT_API_URL, RunOptions
+from .connect import open_client
 from .errors import UsageError
-from .http import Timeouts, new_session
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
 from .merge import META_DEFAULTS, META_MANIFEST, META_SHARD, merge_shards
-from .ratelimit import RateLimiter
-from .retry import RetryPolicy
 from .shard import ShardSpec, file_digest, shard_of, split_budget
 
 __all__ = (
     "add_merge_arguments",
-    "add_plan_arguments",
+    "add_plan_shard_arguments",
     "downloads_remaining",
     "merge_command",
     "plan_command",
@@ -60,28 +58,20 @@ def _assets(path: Path, defaults: ManifestDefaults) -> Iterator[Asset]:
 # plan --shards -----------------------------------------------------------------------------
 
 
-def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("manifest", nargs="?", help="optional: also count each shard's assets")
-    p.add_argument("--shards", type=int, required=True, metavar="N", help="shards in the array")
-    p.add_argument("--parallel", type=int, metavar="K", help="shards running at once (default: N)")
+def add_plan_shard_arguments(p: argparse.ArgumentParser) -> None:
+    """`plan --shards N [--parallel K]` on top of the plain plan's options."""
+    p.add_argument(
+        "--shards", type=int, metavar="N", help="per-shard --max-downloads/--api-rate for N shards"
+    )
+    p.add_argument(
+        "--parallel", type=int, metavar="K", help="with --shards: shards running at once (N)"
+    )
     p.add_argument(
         "--downloads-remaining",
         type=int,
         metavar="D",
-        help="quota to split (default: downloads_remaining from /v3/products)",
+        help="with --shards: quota to split (default: downloads_remaining from /v3/products)",
     )
-    p.add_argument(
-        "--api-rate",
-        type=float,
-        metavar="Q",
-        help=f"the API key's queries per second to split (default {DEFAULT_API_RATE:g})",
-    )
-    p.add_argument("--product-type", metavar="T", help="the product the rows are charged to")
-    p.add_argument(
-        "--asset-type", choices=("image", "video"), default="image", help="for rows naming none"
-    )
-    p.add_argument("--api-url", metavar="URL", help="API base URL (default: $GETTY_API_URL)")
-    p.add_argument("--sandbox", action="store_true", help="ask the embedded emulator")
 
 
 async def plan_command(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
@@ -96,6 +86,8 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], out: Te
     )
     lines = [f"downloads remaining: {'unknown' if remaining is None else remaining}"]
     lines += budget.lines()
+    if args.manifest == "-":
+        raise UsageError("plan --shards needs the manifest as a file (shards read it by name)")
     if args.manifest:
         defaults = ManifestDefaults(asset_type=args.asset_type, product_type=args.product_type)
         path = Path(args.manifest)
@@ -125,11 +117,8 @@ async def downloads_remaining(args: argparse.Namespace, env: Mapping[str, str]) 
             env = {**env, **sandbox.credentials_env()}
         credentials = Credentials.from_env(env)
         api_url = args.api_url or env.get("GETTY_API_URL") or DEFAULT_API_URL
-        session = await stack.enter_async_context(new_session(Timeouts()))
-        limiter = RateLimiter(args.api_rate or DEFAULT_API_RATE)
-        policy = RetryPolicy()
-        tokens = TokenProvider(session, api_url, credentials, limiter=limiter, policy=policy)
-        client = GettyClient(session, api_url, tokens, limiter=limiter, policy=policy)
+        rate = args.api_rate or DEFAULT_API_RATE
+        client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
         products = await client.products()
     return _remaining(products, args.product_type)
 

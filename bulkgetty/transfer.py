@@ -10,8 +10,9 @@ Why it looks the way it does:
   detection, and nothing is forwarded to another host.
 - A URI's query string is its signature: messages show `scheme://host/path` only.
 - Size, name and range support come from the GET itself, never from a HEAD round trip.
-- Bytes are written in >= 1 MiB pwrites in a worker thread, hashed in the same hop, so the
-  event loop only moves buffers (baseline.md: the write path is CPU and syscall bound).
+- Bytes are taken as the socket delivered them and written in >= 1 MiB pwritev calls in a
+  worker thread, hashed in the same hop, so the event loop only moves buffers and nothing is
+  copied on the way to the page cache (baseline.md: the write path is CPU and syscall bound).
 - A resumed single stream hashes its prefix from disk once, then keeps hashing while it
   streams. A segmented file is hashed by re-reading it at the end (unavoidable).
 - Resume trusts a `.part` only as far as both the journal and the disk agree (the smaller),
@@ -46,6 +47,7 @@ from .errors import (
     UsageError,
 )
 from .files import (
+    HashFollower,
     NewPart,
     OutputDir,
     PartFile,
@@ -173,8 +175,6 @@ class TransferOptions:
     segments: int = 4
     #: Only files of at least this many bytes are segmented.
     segment_threshold: int = 64 * 2**20
-    #: Largest single network read; writes are batched to >= 1 MiB regardless.
-    chunk_size: int = 2**20
     max_redirects: int = 10
     #: fsync the file before the rename, and the folder after it.
     durable: bool = True
@@ -272,6 +272,8 @@ class _Attempt:
     must_reset: bool = False
     #: The cleaned server name a new file should get; the `.part`'s creation settles it.
     wanted: str | None = None
+    #: Hashes a segmented file behind its writers (woken by every write).
+    follower: HashFollower | None = None
 
     async def run(self) -> TransferResult:
         _check_hop(self.uri, what="delivery URI")
@@ -331,6 +333,8 @@ class _Attempt:
 
     def _progress(self, nbytes: int) -> None:
         if nbytes:
+            if self.follower is not None:
+                self.follower.poke()
             self.on_progress(nbytes)
             self.unreported += nbytes
             if self.unreported >= _STATE_EVERY:
@@ -521,15 +525,32 @@ class _Attempt:
         await part.preallocate(total)
         self.writers = [SequentialWriter(part, s.start + s.done) for s in self.state.segments]
         self._emit()
+        self.follower = HashFollower(part.path, total, self._on_disk_from)
+        hashing = asyncio.create_task(self.follower.run())
         jobs = [
             self._first_segment(first) if i == 0 and first is not None else self._ranged_segment(i)
             for i, seg in enumerate(self.state.segments)
             if not seg.complete
         ]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        await self._save_progress()
-        await self._raise_segment_errors(part, results)
-        return await self._finish(part, total, await sha256_file(part.path, upto=total))
+        try:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            await self._save_progress()
+            await self._raise_segment_errors(part, results)
+            hasher = await hashing
+        finally:
+            if not hashing.done():
+                hashing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, BulkGettyError):
+                    await hashing
+            self.follower = None
+        return await self._finish(part, total, hasher)
+
+    def _on_disk_from(self, pos: int) -> int:
+        """Up to where the bytes from `pos` on are on disk: the covering segment's writer."""
+        for seg, writer in zip(self.state.segments, self.writers, strict=True):
+            if seg.start <= pos < seg.end:
+                return writer.position
+        return pos
 
     async def _raise_segment_errors(self, part: PartFile, results: list[Any]) -> None:
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -596,12 +617,17 @@ class _Attempt:
         `flush=False` leaves the last batch queued for the caller's finishing hop.
         """
         received = 0
-        chunk_size = self.options.chunk_size
+        content = resp.content
         while limit is None or received < limit:
-            want = chunk_size if limit is None else min(chunk_size, limit - received)
-            chunk = await map_errors(partial(resp.content.read, want))
+            # Chunks as the socket delivered them: no join, no copy; the writer gathers them
+            # into one pwritev per MiB.
+            chunk, boundary = await map_errors(content.readchunk)
             if not chunk:
+                if boundary:  # the end of one HTTP/1.1 chunk of a chunked body: go on
+                    continue
                 break
+            if limit is not None and received + len(chunk) > limit:
+                chunk = chunk[: limit - received]
             if sniff and received == 0:
                 _sniff_error_page(chunk, resp)
             received += len(chunk)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 
@@ -17,7 +20,12 @@ SAMPLES: list[Event] = [
     ev.AssetAcquired(id="1", asset_type="image", product_type=None, spends=1),
     ev.Progress(files_done=1, files_total_seen=2, bytes_done=3, spends=1),
     ev.AssetDone(
-        id="1", asset_type="image", status="downloaded", path="/out/a.jpg", bytes=3, sha256="a"
+        id="1",
+        asset_type="image",
+        status="downloaded",
+        path="/out/a.jpg",
+        bytes=3,
+        sha256="a" * 64,
     ),
     ev.AssetFailed(id="1", asset_type="video", error="boom"),
     ev.AssetWaiting(id="1", asset_type="image", error="limit"),
@@ -69,3 +77,73 @@ def test_event_fields_do_not_clobber_the_envelope() -> None:
         d = e.to_dict()
         assert d["event"] == type(e).kind  # no field named `event` or `v` overrides
         assert d["v"] == EVENT_SCHEMA_VERSION
+
+
+# the schema as data (EVENT_SCHEMA) and the README's table of it ----------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _schema_of(kind: str) -> dict[str, Any]:
+    return next(s for s in ev.EVENT_SCHEMA["oneOf"] if s["properties"]["event"]["const"] == kind)
+
+
+def test_schema_is_valid_json_schema_and_names_every_kind_once() -> None:
+    jsonschema.Draft202012Validator.check_schema(ev.EVENT_SCHEMA)
+    kinds = [s["properties"]["event"]["const"] for s in ev.EVENT_SCHEMA["oneOf"]]
+    assert kinds == list(ev.EVENT_KINDS)
+    assert sorted(kinds) == sorted(type(e).kind for e in SAMPLES)
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_every_sample_validates_and_its_fields_are_exactly_the_schemas(event: Event) -> None:
+    data = orjson.loads(orjson.dumps(event.to_dict()))
+    jsonschema.Draft202012Validator(ev.EVENT_SCHEMA).validate(data)
+    schema = _schema_of(type(event).kind)
+    assert set(schema["properties"]) == set(data) == set(schema["required"])
+
+
+def test_progress_with_transfers_in_flight_validates() -> None:
+    flights = tuple(
+        ev.InFlight(id=str(i), asset_type="video", bytes_done=i, total=None) for i in range(3)
+    )
+    event = ev.Progress(files_done=0, files_total_seen=3, bytes_done=3, spends=3, in_flight=flights)
+    data = orjson.loads(orjson.dumps(event.to_dict()))
+    jsonschema.Draft202012Validator(ev.EVENT_SCHEMA).validate(data)
+    assert data["in_flight"][2] == {
+        "id": "2",
+        "asset_type": "video",
+        "bytes_done": 2,
+        "total": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"bytes": -1},
+        {"sha256": "not-hex"},
+        {"v": 2},
+        {"status": "failed"},
+        {"asset_type": "audio"},
+    ],
+)
+def test_schema_rejects_what_breaks_the_contract(change: dict[str, Any]) -> None:
+    good = SAMPLES[3].to_dict() | {"sha256": "a" * 64}
+    validator = jsonschema.Draft202012Validator(ev.EVENT_SCHEMA)
+    validator.validate(good)
+    assert not validator.is_valid(good | change)
+    missing = dict(good)
+    del missing["path"]
+    assert not validator.is_valid(missing)
+
+
+def test_readme_documents_the_schema_exactly() -> None:
+    """The README's event table lists each kind with the fields EVENT_SCHEMA requires."""
+    text = README.read_text()
+    assert f"schema version {ev.EVENT_SCHEMA_VERSION}" in text
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|", text, flags=re.M))
+    for kind in ev.EVENT_KINDS:
+        required = [f for f in _schema_of(kind)["required"] if f not in ("event", "v", "t")]
+        assert kind in rows, kind
+        assert re.findall(r"`([a-z_0-9]+)`", rows[kind]) == required, kind

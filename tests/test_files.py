@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
@@ -12,6 +13,7 @@ import pytest
 from bulkgetty import files
 from bulkgetty.errors import StorageError
 from bulkgetty.files import (
+    HashFollower,
     OutputDir,
     SequentialWriter,
     open_part,
@@ -309,13 +311,18 @@ async def test_sequential_writer_batches_small_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    real = os.pwrite
+    real, realv = os.pwrite, os.pwritev
 
     def counting(fd: int, data: bytes, offset: int) -> int:
         calls.append(len(data))
         return real(fd, data, offset)
 
+    def counting_v(fd: int, bufs: list[bytes], offset: int) -> int:
+        calls.append(sum(map(len, bufs)))
+        return realv(fd, bufs, offset)
+
     monkeypatch.setattr(os, "pwrite", counting)
+    monkeypatch.setattr(os, "pwritev", counting_v)
     out = OutputDir(tmp_path)
     part = await open_part(out, "a.bin", size=None, resume=False)
     hasher = hashlib.sha256()
@@ -325,7 +332,7 @@ async def test_sequential_writer_batches_small_writes(
         await writer.write(payload[i : i + 64 * 1024])
     await writer.flush()
     await part.close()
-    assert len(calls) == 4  # three full MiB batches and the tail
+    assert len(calls) == 4  # three full MiB batches and the tail, one syscall each
     assert writer.position == len(payload)
     assert hasher.hexdigest() == hashlib.sha256(payload).hexdigest()
     assert (tmp_path / "a.bin.part").read_bytes() == payload
@@ -382,3 +389,46 @@ def test_remove_stale_parts_keeps_resumable_and_reserved_parts_only(tmp_path: Pa
     assert out.remove_stale_parts({"kept.jpg"}) == 1
     left = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert left == ["held.jpg.part", "kept.jpg.part", "notes.txt", "photo.jpg"]
+
+
+# ---------------------------------------------------------------------- HashFollower
+
+
+async def test_hash_follower_hashes_segments_written_out_of_order(tmp_path: Path) -> None:
+    """The follower reads only bytes its `available` says are final, in file order."""
+    data = os.urandom(5 * 2**20 + 7)
+    path = tmp_path / "f.part"
+    path.write_bytes(b"\0" * len(data))
+    half = len(data) // 2
+    positions = {0: 0, 1: half}  # segment start -> bytes written up to (absolute)
+
+    def available(pos: int) -> int:
+        return positions[0] if pos < half else positions[1]
+
+    follower = HashFollower(path, len(data), available)
+    task = asyncio.create_task(follower.run())
+    with open(path, "r+b") as fh:
+        fh.seek(half)
+        fh.write(data[half:])  # the second segment finishes first
+    positions[1] = len(data)
+    follower.poke()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # nothing of segment 0 is final yet: it must wait
+    with open(path, "r+b") as fh:
+        fh.write(data[:half])
+    positions[0] = half
+    follower.poke()
+    hasher = await asyncio.wait_for(task, 10)
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+async def test_hash_follower_cancel_closes_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.part"
+    path.write_bytes(b"x" * 10)
+    before = len(os.listdir("/proc/self/fd"))
+    task = asyncio.create_task(HashFollower(path, 10, lambda pos: 0).run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(os.listdir("/proc/self/fd")) == before

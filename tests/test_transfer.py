@@ -762,7 +762,7 @@ async def test_storage_error_keeps_part_for_resume(
 
     data = body(3 * MiB)
     server.assets["x"] = Asset(data)
-    real = os.pwrite
+    real, realv = os.pwrite, os.pwritev
     calls_made: list[int] = []
 
     def full_after_one(fd: int, buf: bytes, offset: int) -> int:
@@ -771,13 +771,21 @@ async def test_storage_error_keeps_part_for_resume(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, buf, offset)
 
+    def fullv_after_one(fd: int, bufs: list[bytes], offset: int) -> int:
+        calls_made.append(offset)
+        if len(calls_made) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return realv(fd, bufs, offset)
+
     monkeypatch.setattr(os, "pwrite", full_after_one)
+    monkeypatch.setattr(os, "pwritev", fullv_after_one)
     calls = Calls()
     with pytest.raises(StorageError, match="disk full"):
         await fetch(session, server.url("/a/x"), out, calls=calls)
     part = out.path / "GettyImages-1.jpg.part"
     assert calls.last.done == part.stat().st_size > 0
     monkeypatch.setattr(os, "pwrite", real)
+    monkeypatch.setattr(os, "pwritev", realv)
     result = await fetch(session, server.url("/a/x"), out, state=calls.last)
     assert result.sha256 == sha(data)
     assert result.refetched == 0
