@@ -238,7 +238,16 @@ def _add_plan(sub: SubParsers) -> None:
 def _add_status(sub: SubParsers) -> None:
     p = _command(sub, "status", "what the journal in DIR says, offline", STATUS_EXAMPLES)
     p.set_defaults(handler=status_command)
-    p.add_argument("dir", type=Path, metavar="DIR", help="an output folder of `bulkgetty run`")
+    p.add_argument(
+        "dir", nargs="?", type=Path, metavar="DIR", help="an output folder of `bulkgetty run`"
+    )
+    p.add_argument(
+        "--ledger",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="the team's PostgreSQL ledger instead of DIR (URL or $BULKGETTY_LEDGER)",
+    )
     p.add_argument(
         "--verify", action="store_true", help="re-hash finished files; name any that changed"
     )
@@ -528,6 +537,10 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
 
 
 async def status_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
+    if args.ledger is not None:
+        return await asyncio.to_thread(ledger_cli.ledger_status, args.ledger, env, emit.out)
+    if args.dir is None:
+        raise UsageError("status needs a DIR (or --ledger for the team's shared ledger)")
     report = await asyncio.to_thread(journal_status, args.dir, verify=args.verify)
     if args.json:
         emit.out.write(orjson.dumps(report.to_dict()).decode() + "\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 import orjson
@@ -22,7 +22,17 @@ from .errors import UsageError
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
 from .shard_cli import downloads_remaining
 
-__all__ = ("add_ledger_arguments", "ledger_command", "ledger_dsn", "ledger_rows", "secrets_of")
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+__all__ = (
+    "add_ledger_arguments",
+    "ledger_command",
+    "ledger_dsn",
+    "ledger_rows",
+    "ledger_status",
+    "secrets_of",
+)
 
 ENV_LEDGER = "BULKGETTY_LEDGER"
 
@@ -121,25 +131,40 @@ async def ledger_command(args: argparse.Namespace, env: Mapping[str, str], out: 
         )
         out.write(f"ledger: {added} assets added; budget {seeded} downloads; rate {rate:g}/s\n")
         return 0
+    if args.ledger_command == "status":
+        return ledger_status(dsn, env, out)
     led = ledger.Ledger(dsn, Path.cwd(), lock=False)
     try:
-        totals = led.totals()
-        budget = led.budget()
-        summary: dict[str, object] = {
-            "assets": sum(totals.by_state.values()),
-            "by_state": totals.by_state,
-            "spends": totals.spends,
-            "bytes": totals.bytes_done,
-            "in_doubt": totals.in_doubt,
-            "budget_remaining": budget.remaining,
-            "budget_spent": budget.spent,
-        }
-        if args.ledger_command == "status":
-            out.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
-            return 0
-        return _report(led, args.out, summary, out)
+        return _report(led, args.out, _summary(led), out)
     finally:
         led.close()
+
+
+def ledger_status(value: str | None, env: Mapping[str, str], out: TextIO) -> int:
+    """`ledger status` and `status --ledger`: assets per state, spends, the budget (JSON)."""
+    from .ledger import Ledger
+
+    led = Ledger(ledger_dsn(value, env), Path.cwd(), lock=False)
+    try:
+        summary = _summary(led)
+    finally:
+        led.close()
+    out.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _summary(led: Ledger) -> dict[str, object]:
+    totals = led.totals()
+    budget = led.budget()
+    return {
+        "assets": sum(totals.by_state.values()),
+        "by_state": totals.by_state,
+        "spends": totals.spends,
+        "bytes": totals.bytes_done,
+        "in_doubt": totals.in_doubt,
+        "budget_remaining": budget.remaining,
+        "budget_spent": budget.spent,
+    }
 
 
 def _report(led: object, out_dir: Path, summary: dict[str, object], out: TextIO) -> int:

@@ -335,7 +335,7 @@ def test_six_workers_share_budget_and_rate_and_buy_each_asset_once(
         lines = (tmp_path / "merged" / "report.jsonl").read_text().splitlines()
         assert len(lines) == 60
         status = subprocess.run(
-            [sys.executable, "-m", "bulkgetty", "ledger", "status"],
+            [sys.executable, "-m", "bulkgetty", "status", "--ledger"],
             env={**env, "BULKGETTY_LEDGER": dsn},
             capture_output=True,
             text=True,
