@@ -310,8 +310,8 @@ def spool_stdin(out_dir: Path, stdin: TextIO) -> Path:
     return path
 
 
-def manifest_assets(path: Path, defaults: ManifestDefaults) -> Iterator[Asset]:
-    for row in read_manifest(path, defaults):
+def manifest_assets(path: Path, defaults: ManifestDefaults, rows_hint: int = 0) -> Iterator[Asset]:
+    for row in read_manifest(path, defaults, rows_hint=rows_hint):
         yield row.asset
 
 
@@ -338,9 +338,8 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
                     display.quota.fetch_soon(downloader.client.products)
 
             downloader.add_listener(fetch_quota)
-        result = await downloader.run(
-            manifest_assets(manifest, defaults), manifest=str(manifest), unique=True
-        )
+        rows = manifest_assets(manifest, defaults, summary.unique)
+        result = await downloader.run(rows, manifest=str(manifest), unique=True)
     emit.finished(result)
     return result.exit_code
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, TextIO, cast, get_args
 
-from .assets import PRODUCT_TYPES, Asset, AssetType, DigestTable
+from .assets import PRODUCT_TYPES, Asset, AssetType, table_for
 from .errors import ManifestError, ManifestProblem, UsageError
 
 __all__ = (
@@ -549,10 +549,11 @@ def _scan(
     defaults: ManifestDefaults,
     stdin: TextIO | None,
     scan: _Scan,
+    rows_hint: int = 0,
 ) -> Iterator[ManifestRow]:
     fmt = _format_of(path)
     stream = _open(path, stdin)
-    seen = DigestTable()
+    seen = table_for(rows_hint)
     try:
         lines = _Lines(stream)
         if fmt == ".csv":
@@ -667,15 +668,18 @@ def read_manifest(
     defaults: ManifestDefaults = ManifestDefaults(),
     *,
     stdin: TextIO | None = None,
+    rows_hint: int = 0,
 ) -> Iterator[ManifestRow]:
     """Yields each unique valid row as it streams; after the last row, raises ManifestError
     naming every bad row if there were any.
 
     `UsageError` for an unknown extension, a missing or unreadable file, or bad `defaults`
     (raised when iteration starts). `-` reads `stdin` (default: `sys.stdin`) as ``.txt``.
+    `rows_hint` (the unique count `validate_manifest` gave) sizes the duplicate table once,
+    so its memory never doubles for a moment while it grows.
     """
     _precheck(path, defaults)
-    return _scan(path, defaults, stdin, _Scan(_name(path)))
+    return _scan(path, defaults, stdin, _Scan(_name(path)), rows_hint)
 
 
 def validate_manifest(
