@@ -377,8 +377,8 @@ def spool_stdin(out_dir: Path, stdin: TextIO) -> Path:
     return path
 
 
-def manifest_assets(path: Path, defaults: ManifestDefaults) -> Iterator[Asset]:
-    for row in read_manifest(path, defaults):
+def manifest_assets(path: Path, defaults: ManifestDefaults, rows_hint: int = 0) -> Iterator[Asset]:
+    for row in read_manifest(path, defaults, rows_hint=rows_hint):
         yield row.asset
 
 
@@ -393,7 +393,7 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
         manifest = spool_stdin(args.out, sys.stdin)
     options = run_options(args, api_rate(args))  # bad options fail before anything starts
     summary = validate_manifest(manifest, defaults)  # every bad row named before any spend
-    rows: Iterable[Asset] = manifest_assets(manifest, defaults)
+    rows: Iterable[Asset] = manifest_assets(manifest, defaults, summary.unique)
     files_total: int | None = summary.unique
     if args.shard:
         spec = parse_shard(args.shard, env)
