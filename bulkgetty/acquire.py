@@ -55,10 +55,6 @@ class Budget:
     def give_back(self) -> None:
         self.used -= 1
 
-    @property
-    def full(self) -> bool:
-        return self.limit is not None and self.used >= self.limit
-
 
 @dataclass(slots=True)
 class QuotaGate:
@@ -104,9 +100,13 @@ class Acquirer:
 
         The planner asks first, so that once the quota or the cap is closed the rest of a
         huge manifest is put aside in batches instead of queueing for an acquirer one by one.
+        The cap counts as closed here only when downloads actually spent fill it: a slot
+        held by a POST in flight may still come back (404, refused), and a row queued for an
+        acquirer could then use it.
         """
         reason = self.quota.closed(record)
-        if reason is None and self.budget.full:
+        limit = self.budget.limit
+        if reason is None and limit is not None and self.spends >= limit:
             reason = self._cap_reason()
         return self._wait(record, reason) if reason is not None else None
 
