@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .api import DownloadGrant, GettyClient, HistoryItem
+from .backend import AsyncJournalLike
 from .errors import (
     AuthenticationError,
     BulkGettyError,
     QuotaExceededError,
 )
 from .events import AssetAcquired, Event, QuotaReached
-from .journal import AssetState, AsyncJournal, Record
+from .journal import AssetState, Record
 from .plan import reacquire_message
 from .report import Outcome, Status
 from .retry import RetryPolicy
@@ -54,10 +55,6 @@ class Budget:
     def give_back(self) -> None:
         self.used -= 1
 
-    @property
-    def full(self) -> bool:
-        return self.limit is not None and self.used >= self.limit
-
 
 @dataclass(slots=True)
 class QuotaGate:
@@ -76,7 +73,7 @@ class QuotaGate:
 @dataclass(slots=True)
 class Acquirer:
     client: GettyClient
-    journal: AsyncJournal
+    journal: AsyncJournalLike
     budget: Budget
     policy: RetryPolicy
     emit: Callable[[Event], None]
@@ -103,9 +100,13 @@ class Acquirer:
 
         The planner asks first, so that once the quota or the cap is closed the rest of a
         huge manifest is put aside in batches instead of queueing for an acquirer one by one.
+        The cap counts as closed here only when downloads actually spent fill it: a slot
+        held by a POST in flight may still come back (404, refused), and a row queued for an
+        acquirer could then use it.
         """
         reason = self.quota.closed(record)
-        if reason is None and self.budget.full:
+        limit = self.budget.limit
+        if reason is None and limit is not None and self.spends >= limit:
             reason = self._cap_reason()
         return self._wait(record, reason) if reason is not None else None
 
@@ -126,7 +127,11 @@ class Acquirer:
         """One POST with its journal brackets. A returned error certainly spent nothing."""
         j = self.journal
         intent_at = time.time()
-        await j.call(j.journal.record_intent, record.key)
+        try:
+            await j.call(j.journal.record_intent, record.key)
+        except QuotaExceededError as exc:  # a shared ledger's budget is spent: nothing sent
+            self.budget.give_back()
+            return await self._quota_reached(record, exc)
         try:
             grant = await self.client.download(record.asset)
         except QuotaExceededError as exc:

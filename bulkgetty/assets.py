@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
-__all__ = ("PRODUCT_TYPES", "Asset", "AssetType", "DigestTable")
+__all__ = ("PRODUCT_TYPES", "Asset", "AssetType", "DigestTable", "table_for")
 
 AssetType = Literal["image", "video"]
 
@@ -112,6 +112,11 @@ class Asset:
         return body or None
 
 
+def table_for(rows: int) -> DigestTable:
+    """A table that holds `rows` digests without growing (no old+new copy at the end)."""
+    return DigestTable(max(1 << 14, rows * 10 // 7 + 1))
+
+
 class DigestTable:
     """Open-addressing hash set of 16-byte `Asset.digest` values with one 64-bit word each.
 
@@ -125,6 +130,7 @@ class DigestTable:
     __slots__ = ("_count", "_keys", "_mask", "_words")
 
     def __init__(self, capacity: int = 1 << 14) -> None:
+        capacity = 1 << max(0, capacity - 1).bit_length()  # a power of two: slots by mask
         self._keys = bytearray(16 * capacity)
         self._words = array("Q", [0]) * capacity
         self._mask = capacity - 1

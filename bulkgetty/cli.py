@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO, TypeAlias
@@ -26,6 +26,7 @@ from typing import TextIO, TypeAlias
 import orjson
 from rich.console import Console
 
+from . import ledger_cli, shard_cli
 from .assets import Asset
 from .auth import Credentials
 from .config import DEFAULT_API_RATE, DEFAULT_API_URL, RunOptions
@@ -39,6 +40,7 @@ from .manifest import ManifestDefaults, read_manifest, validate_manifest
 from .plan import estimate, journal_records, remaining_quota
 from .progress import QuotaView, RunDisplay, summary_table
 from .search import search_to_manifest
+from .shard import parse_shard
 from .status import journal_status
 
 __all__ = ("main",)
@@ -64,6 +66,7 @@ examples:
   bulkgetty plan manifests/sample.csv --sandbox
   bulkgetty plan assets.csv --out /data/getty --max-downloads 500
   bulkgetty plan assets.csv --json
+  bulkgetty plan assets.csv --shards 64 --parallel 16       # per-shard caps for a job array
 
 Reads the manifest and GET /v3/products (and the journal of --out DIR); spends nothing.
 exit status: 0 the run fits; 3 some assets would wait for quota; 2 bad manifest or options.
@@ -98,6 +101,11 @@ examples:
 Each result with the product_type (and product_id) of its largest download.
 """
 
+MERGE_EXAMPLES = """\
+examples:
+  bulkgetty merge out/shard-* --manifest assets.csv --out out/merged
+"""
+
 SANDBOX_EXAMPLES = """\
 examples:
   bulkgetty sandbox --port 8099
@@ -113,7 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_plan, _add_status, _add_history, _add_search, _add_sandbox):
+    for add in (
+        _add_run,
+        _add_plan,
+        _add_status,
+        _add_merge,
+        _add_ledger,
+        _add_history,
+        _add_search,
+        _add_sandbox,
+    ):
         add(sub)
     return parser
 
@@ -157,7 +174,11 @@ def _add_run(sub: SubParsers) -> None:
         sub, "run", "download every asset of a manifest into a folder (again: resume)", RUN_EXAMPLES
     )
     p.set_defaults(handler=run_command)
-    p.add_argument("manifest", help="a .csv, .jsonl or .txt manifest, or - for ids on stdin")
+    p.add_argument(
+        "manifest",
+        nargs="?",
+        help="a .csv, .jsonl or .txt manifest, or - for ids on stdin (none with --ledger)",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="delivery streams")
     p.add_argument(
@@ -181,6 +202,20 @@ def _add_run(sub: SubParsers) -> None:
     p.add_argument(
         "--no-fsync", action="store_true", help="skip fsync before rename (faster, not durable)"
     )
+    p.add_argument(
+        "--ledger",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="claim assets from the team's PostgreSQL ledger (URL or $BULKGETTY_LEDGER) "
+        "instead of reading a manifest; budget and API rate are shared by all workers",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N|auto[/N]",
+        help="only the rows of shard I of N (sha256 of the asset identity mod N); auto: from "
+        "SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX; --max-downloads then caps all runs",
+    )
 
 
 def _add_plan(sub: SubParsers) -> None:
@@ -197,16 +232,48 @@ def _add_plan(sub: SubParsers) -> None:
     p.add_argument("--reacquire-expired", action="store_true", help="as the run would be given it")
     p.add_argument("--json", action="store_true", help="the plan as one JSON object")
     _add_api_options(p)
+    shard_cli.add_plan_shard_arguments(p)
 
 
 def _add_status(sub: SubParsers) -> None:
     p = _command(sub, "status", "what the journal in DIR says, offline", STATUS_EXAMPLES)
     p.set_defaults(handler=status_command)
-    p.add_argument("dir", type=Path, metavar="DIR", help="an output folder of `bulkgetty run`")
+    p.add_argument(
+        "dir", nargs="?", type=Path, metavar="DIR", help="an output folder of `bulkgetty run`"
+    )
+    p.add_argument(
+        "--ledger",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="the team's PostgreSQL ledger instead of DIR (URL or $BULKGETTY_LEDGER)",
+    )
     p.add_argument(
         "--verify", action="store_true", help="re-hash finished files; name any that changed"
     )
     p.add_argument("--json", action="store_true", help="the status as one JSON object")
+
+
+def _add_merge(sub: SubParsers) -> None:
+    p = _command(
+        sub,
+        "merge",
+        "check the shard folders of a job array and write one report and summary",
+        MERGE_EXAMPLES,
+    )
+    p.set_defaults(handler=merge_command)
+    shard_cli.add_merge_arguments(p)
+
+
+def _add_ledger(sub: SubParsers) -> None:
+    p = _command(
+        sub,
+        "ledger",
+        "the team's shared PostgreSQL ledger: init, status, report",
+        ledger_cli.LEDGER_EXAMPLES,
+    )
+    p.set_defaults(handler=ledger_command)
+    ledger_cli.add_ledger_arguments(p)
 
 
 def _add_history(sub: SubParsers) -> None:
@@ -310,18 +377,29 @@ def spool_stdin(out_dir: Path, stdin: TextIO) -> Path:
     return path
 
 
-def manifest_assets(path: Path, defaults: ManifestDefaults) -> Iterator[Asset]:
-    for row in read_manifest(path, defaults):
+def manifest_assets(path: Path, defaults: ManifestDefaults, rows_hint: int = 0) -> Iterator[Asset]:
+    for row in read_manifest(path, defaults, rows_hint=rows_hint):
         yield row.asset
 
 
 async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
+    if args.ledger is not None:
+        return await ledger_run_command(args, env, emit)
+    if args.manifest is None:
+        raise UsageError("run needs a MANIFEST (or --ledger to claim from a shared ledger)")
     defaults = _defaults(args)
     manifest = Path(args.manifest)
     if args.manifest == "-":
         manifest = spool_stdin(args.out, sys.stdin)
     options = run_options(args, api_rate(args))  # bad options fail before anything starts
     summary = validate_manifest(manifest, defaults)  # every bad row named before any spend
+    rows: Iterable[Asset] = manifest_assets(manifest, defaults, summary.unique)
+    files_total: int | None = summary.unique
+    if args.shard:
+        spec = parse_shard(args.shard, env)
+        options = shard_cli.shard_options(options, spec, manifest, defaults)
+        rows = spec.select(rows)
+        files_total = None
     async with contextlib.AsyncExitStack() as stack:
         credentials, api_url, _ = await api_access(args, env, stack, emit)
         downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
@@ -329,7 +407,7 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
         await stack.enter_async_context(downloader)
         if emit.live:
             display = stack.enter_context(
-                RunDisplay(emit.console(), files_total=summary.unique, quota=QuotaView())
+                RunDisplay(emit.console(), files_total=files_total, quota=QuotaView())
             )
             emit.display = display
 
@@ -338,9 +416,30 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
                     display.quota.fetch_soon(downloader.client.products)
 
             downloader.add_listener(fetch_quota)
-        result = await downloader.run(
-            manifest_assets(manifest, defaults), manifest=str(manifest), unique=True
-        )
+        result = await downloader.run(rows, manifest=str(manifest), unique=True)
+    emit.finished(result)
+    return result.exit_code
+
+
+async def ledger_run_command(
+    args: argparse.Namespace, env: Mapping[str, str], emit: Emitter
+) -> int:
+    """A worker of a shared ledger: claims assets until none is left that no live worker holds."""
+    if args.manifest is not None or args.shard:
+        raise UsageError("--ledger takes its rows from the ledger: give no MANIFEST or --shard")
+    dsn = ledger_cli.ledger_dsn(args.ledger, env)
+    # Claim (and plan) a few rows at a time: a worker holds only what it is about to work on,
+    # so the team shares the work even when one worker starts well before the others.
+    batch = 2 * args.concurrency
+    options = replace(run_options(args, api_rate(args)), ledger=dsn, plan_batch=batch)
+    async with contextlib.AsyncExitStack() as stack:
+        credentials, api_url, _ = await api_access(args, env, stack, emit)
+        downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
+        downloader.redact.add(ledger_cli.secrets_of(dsn))
+        emit.redact = downloader.redact
+        await stack.enter_async_context(downloader)
+        rows = ledger_cli.ledger_rows(downloader.journal, batch)
+        result = await downloader.run(rows, manifest="<ledger>")
     emit.finished(result)
     return result.exit_code
 
@@ -396,6 +495,8 @@ class Emitter:
 
 async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
     """Manifest, journal and /v3/products in; a per-product table out; nothing spent."""
+    if args.shards is not None:  # a job array: per-shard caps and rates (shard_cli)
+        return await shard_cli.plan_command(args, env, emit.out)
     defaults = _defaults(args)
     if args.max_downloads is not None and args.max_downloads < 0:
         raise UsageError(f"--max-downloads must be 0 or more, got {args.max_downloads}")
@@ -436,12 +537,27 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
 
 
 async def status_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
+    if args.ledger is not None:
+        return await asyncio.to_thread(ledger_cli.ledger_status, args.ledger, env, emit.out)
+    if args.dir is None:
+        raise UsageError("status needs a DIR (or --ledger for the team's shared ledger)")
     report = await asyncio.to_thread(journal_status, args.dir, verify=args.verify)
     if args.json:
         emit.out.write(orjson.dumps(report.to_dict()).decode() + "\n")
     else:
         emit.out.write("\n".join(report.lines()) + "\n")
     return 1 if report.changed else 0
+
+
+# merge and ledger ------------------------------------------------------------------------
+
+
+async def merge_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
+    return await asyncio.to_thread(shard_cli.merge_command, args, emit.out)
+
+
+async def ledger_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
+    return await ledger_cli.ledger_command(args, env, emit.out)
 
 
 # history and search ----------------------------------------------------------------------

@@ -44,6 +44,18 @@ class RunOptions:
     #: How many acquired-but-not-yet-transferring assets may wait (URIs expire; spend
     #: should not run far ahead of the bytes). Default: the concurrency.
     acquire_ahead: int | None = None
+    #: Written to the journal on the first run and required to match on every later one
+    #: (a shard's spec and its manifest's digest): see `Journal.bind_meta`.
+    journal_meta: tuple[tuple[str, str], ...] = ()
+    #: `max_downloads` caps the spends of all runs on this folder, not only this run's (a
+    #: shard's share of the quota must hold across reruns after a crash).
+    cap_all_runs: bool = False
+    #: PostgreSQL connection string of the team's shared ledger (ledger.py) instead of the
+    #: SQLite journal in DIR; the API rate then comes from the ledger, shared by all workers.
+    ledger: str | None = None
+    #: Rows the planner gathers before it looks them up (None: the engine's default). A ledger
+    #: worker plans small batches so it claims only what it is about to work on.
+    plan_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

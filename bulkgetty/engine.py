@@ -30,6 +30,7 @@ from .acquire import Acquirer, Budget
 from .api import DownloadGrant, GettyClient
 from .assets import Asset, DigestTable
 from .auth import Credentials, TokenProvider
+from .backend import AsyncJournalLike
 from .config import DEFAULT_API_URL, RunOptions
 from .errors import (
     AuthenticationError,
@@ -127,7 +128,7 @@ class Downloader:
         self.policy = policy or RetryPolicy()
         self._listeners: list[Callable[[Event], None]] = [on_event] if on_event else []
         self._stack = AsyncExitStack()
-        self._journal: AsyncJournal | None = None
+        self._journal: AsyncJournalLike | None = None
         self.redact = Redactor(credentials.secrets())
 
     # lifecycle -------------------------------------------------------------------------
@@ -140,14 +141,14 @@ class Downloader:
             raise UsageError(f"cannot use output folder {opts.out_dir}: {exc.strerror}") from exc
         except StorageError as exc:  # read-only, full, not ours: the run cannot start
             raise UsageError(str(exc)) from exc
-        self._journal = await AsyncJournal.open(Path(self.out.path))
+        self._journal = await self._open_journal()
         self._stack.push_async_callback(self._journal.close)
         timeouts = Timeouts(connect=opts.connect_timeout, stall=opts.stall_timeout)
         self.api_session = await self._stack.enter_async_context(new_session(timeouts))
         self.delivery_session = await self._stack.enter_async_context(
             new_session(timeouts, limit=max(opts.concurrency * opts.segments, 10))
         )
-        self.limiter = RateLimiter(opts.api_rate)
+        self.limiter = await self._open_limiter()
         self.tokens = TokenProvider(
             self.api_session,
             self.api_url,
@@ -165,6 +166,24 @@ class Downloader:
         )
         return self
 
+    async def _open_journal(self) -> AsyncJournalLike:
+        """The SQLite journal in DIR, or with `ledger` the team's PostgreSQL ledger."""
+        if self.options.ledger is None:
+            return await AsyncJournal.open(Path(self.out.path))
+        from .ledger import AsyncLedger  # psycopg is an optional extra
+
+        return await AsyncLedger.open(self.options.ledger, Path(self.out.path))
+
+    async def _open_limiter(self) -> RateLimiter:
+        """This process's API rate, or with `ledger` the rate all workers share."""
+        if self.options.ledger is None:
+            return RateLimiter(self.options.api_rate)
+        from .ledger import SharedRateLimiter
+
+        limiter = await SharedRateLimiter.open(self.options.ledger)
+        self._stack.push_async_callback(limiter.close)
+        return limiter
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -174,7 +193,7 @@ class Downloader:
         await self._stack.aclose()
 
     @property
-    def journal(self) -> AsyncJournal:
+    def journal(self) -> AsyncJournalLike:
         if self._journal is None:
             raise RuntimeError("use `async with Downloader(...)` before run()")
         return self._journal
@@ -221,10 +240,12 @@ class Downloader:
         `read_manifest` does), which saves the 24 bytes a row the check would cost.
         """
         j = self.journal
+        if self.options.journal_meta:
+            await j.call(j.journal.bind_meta, dict(self.options.journal_meta))
         run_id = await j.call(j.journal.begin_run, manifest)
         self.summary = RunSummary()
         self.report = ReportWriter(self.options.report, Path(self.out.path), self.redact)
-        self.budget = Budget(self.options.max_downloads)
+        self.budget = Budget(await self._cap())
         self.acquirer = Acquirer(self.client, j, self.budget, self.policy, self._emit)
         self._seen = 0
         self._rows_read = 0
@@ -268,6 +289,15 @@ class Downloader:
         if self._fatal is not None and self.summary.spends == 0:
             raise self._fatal
         return RunResult(self.summary, self.report.path, code)
+
+    async def _cap(self) -> int | None:
+        """This run's `--max-downloads`, less what earlier runs spent when the cap spans runs."""
+        cap = self.options.max_downloads
+        if cap is None or not self.options.cap_all_runs:
+            return cap
+        j = self.journal
+        spent = (await j.call(j.journal.totals)).spends
+        return max(0, cap - spent)
 
     async def _sweep_orphan_parts(self) -> None:
         """Remove `.part` files that no unfinished asset can resume into (see files.py)."""
@@ -384,7 +414,7 @@ class Downloader:
                 if self._fatal is not None:
                     return  # the rest is reported by _report_unprocessed
                 batch.append(asset)
-                if len(batch) >= PLAN_BATCH:
+                if len(batch) >= (self.options.plan_batch or PLAN_BATCH):
                     await self._plan_batch(batch, run_id, acq, xfer)
                     batch = []
             if batch and self._fatal is None:

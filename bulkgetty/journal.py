@@ -11,6 +11,13 @@ not shared across threads and writes are serialised for free. Calls that queue u
 thread is committing share its next commit (group commit): each caller still resumes only once
 its change is durable, but sixteen workers pay for one fsync instead of sixteen. A lock file
 refuses a second run on the same folder while this one lives.
+
+Shared filesystems (job arrays writing to NFS, Lustre, CIFS...): the lock is `flock`, which
+Linux's NFS client turns into a whole-file lock held by the server (NLM on v3, the protocol on
+v4), so a second process on another host is refused too; a mount with `nolock`/`local_lock`
+keeps locks on one host only and cannot protect a folder shared by hosts. WAL needs shared
+memory between the processes using the database, which a network filesystem cannot give, so
+there the journal uses the rollback journal instead (`journal_mode_for`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -36,6 +43,7 @@ from .assets import Asset
 from .errors import DiskFullError, JournalError
 
 __all__ = (
+    "NETWORK_FILESYSTEMS",
     "STATE_DIR",
     "AssetState",
     "AsyncJournal",
@@ -44,7 +52,9 @@ __all__ = (
     "RunRow",
     "RunTotals",
     "failure_counts",
+    "filesystem_type",
     "iter_done",
+    "journal_mode_for",
     "runs",
     "waiting_reasons",
 )
@@ -189,7 +199,8 @@ class Journal:
         if lock:
             self._lock_fd = self._take_lock(out_dir)
         self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self.journal_mode = journal_mode_for(self.state_dir)
+        self._db.execute(f"PRAGMA journal_mode={self.journal_mode}")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -210,6 +221,32 @@ class Journal:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
+
+    # shard binding ---------------------------------------------------------------------
+
+    def read_meta(self) -> dict[str, str]:
+        """Everything in the meta table (schema version, and for shards: spec and manifest)."""
+        return {name: value for name, value in self._db.execute("SELECT name, value FROM meta")}
+
+    def bind_meta(self, meta: Mapping[str, str]) -> None:
+        """Record `meta` on the first run; refuse a later run whose values differ.
+
+        A shard folder belongs to one shard of one manifest: rerunning it as another shard, with
+        another shard count or on another manifest would mix assets of different shards into
+        one journal, and `merge` could no longer prove that every row was done exactly once.
+        """
+        with self._tx() as db:
+            known = dict(db.execute("SELECT name, value FROM meta").fetchall())
+            for name, value in meta.items():
+                have = known.get(name)
+                if have is None:
+                    db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
+                elif have != value:
+                    raise JournalError(
+                        f"{self.state_dir.parent} was run with {name} {have}, "
+                        f"this run has {value}; "
+                        "use a fresh --out folder for another shard layout or manifest"
+                    )
 
     def close(self) -> None:
         self.closed = True
@@ -440,6 +477,62 @@ class Journal:
         """A finished or in-progress asset already owns this file name."""
         row = self._db.execute("SELECT 1 FROM assets WHERE path = ? LIMIT 1", (name,)).fetchone()
         return row is not None
+
+
+def journal_mode_for(state_dir: Path) -> str:
+    """WAL on local disks; the rollback journal (DELETE) on network filesystems.
+
+    WAL keeps its index in shared memory (`-wal`/`-shm` beside the database), which only
+    works between processes on one host: SQLite documents WAL as unsafe on NFS, CIFS and
+    cluster filesystems. `BULKGETTY_JOURNAL_MODE` overrides the choice.
+    """
+    forced = os.environ.get("BULKGETTY_JOURNAL_MODE", "").strip().upper()
+    if forced in ("WAL", "DELETE", "TRUNCATE", "PERSIST"):
+        return forced
+    return "DELETE" if filesystem_type(state_dir) in NETWORK_FILESYSTEMS else "WAL"
+
+
+#: Filesystem types (as /proc/self/mounts names them) shared between hosts.
+NETWORK_FILESYSTEMS: Final = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "fuse.sshfs",
+        "fuse.juicefs",
+        "9p",
+        "afs",
+        "ocfs2",
+        "gfs2",
+    }
+)
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding `path` (longest mount prefix), or None if unknown."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, fstype = "", None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, fields[2]
+    return fstype
 
 
 @dataclass(slots=True)

@@ -43,3 +43,16 @@ def test_harness_smoke(tmp_path: Path) -> None:
         assert run["files"] == 20
         assert run["bytes"] == 20 * 256 * 1024
         assert run["verified"]
+
+
+def test_scaleout_smoke_verifies_every_file_and_sees_no_429(tmp_path: Path) -> None:
+    """The scale-out row runs, checks spends and files, and stays under the sandbox's limit."""
+    out = tmp_path / "scaleout.json"
+    cmd = [sys.executable, "-m", "benchmarks.scaleout", "--mode", "shards", "--assets", "12"]
+    cmd += ["--workers", "1,2", "--qps", "50", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "| mode | workers |" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert [r["workers"] for r in rows] == [1, 2]
+    assert all(r["ok"] and r["rejected_429"] == 0 for r in rows)

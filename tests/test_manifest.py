@@ -17,6 +17,7 @@ from bulkgetty.manifest import (
     MAX_PROBLEMS,
     ManifestDefaults,
     ManifestRow,
+    ManifestSummary,
     parse_row,
     read_manifest,
     validate_manifest,
@@ -534,3 +535,82 @@ def test_jsonl_row_keys_are_only_the_known_fields(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     write_manifest(path, [Asset("1", height=5)])
     assert json.loads(path.read_text()) == {"id": "1", "asset_type": "image", "height": 5}
+
+
+# ------------------------------------------------------------ .txt validation fast path
+
+
+def _generic_summary(path: Path, defaults: ManifestDefaults) -> tuple[int, int]:
+    rows = list(read_manifest(path, defaults))
+    total = sum(1 for _ in rows)
+    return total, len({r.asset.key for r in rows})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1\n2\n3\n",
+        "\ufeff1\r\n2 # two\r\n\r\n# only a comment\n 3 \n2\n1\n",
+        "".join(f"{i % 997}\n" for i in range(5000)),  # many duplicates, spread out
+        "a-b_c\nA-B_C\na-b_c\n",
+    ],
+    ids=["plain", "bom-crlf-comments", "many-duplicates", "case-matters"],
+)
+@pytest.mark.parametrize("product", [None, "premiumaccess"])
+def test_plain_txt_validation_counts_like_the_generic_reader(
+    tmp_path: Path, text: str, product: str | None
+) -> None:
+    path = tmp_path / "m.txt"
+    path.write_bytes(text.encode())
+    defaults = ManifestDefaults(asset_type="video", product_type=product)
+    summary = validate_manifest(path, defaults)
+    unique_rows, unique_keys = _generic_summary(path, defaults)
+    assert summary.unique == unique_rows == unique_keys
+    assert summary.rows == summary.unique + summary.duplicates
+    assert summary.rows == sum(
+        1 for line in text.lstrip("\ufeff").splitlines() if line.split("#")[0].strip()
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("1\nbad id!\n3\n", "m.txt:2: id 'bad id!' has characters other than"),
+        ("1\n" + "9" * 65 + "\n", "m.txt:2: id"),
+        ("1\n2", None),  # no newline at the end: still read, by the generic reader
+    ],
+    ids=["bad-char", "too-long", "no-final-newline"],
+)
+def test_plain_txt_validation_hands_anything_unusual_to_the_generic_reader(
+    tmp_path: Path, text: str, problem: str | None
+) -> None:
+    path = tmp_path / "m.txt"
+    path.write_text(text)
+    if problem is None:
+        assert validate_manifest(path).rows == 2
+        return
+    with pytest.raises(ManifestError) as caught:
+        validate_manifest(path)
+    assert problem in str(caught.value).replace(str(tmp_path) + "/", "")
+
+
+def test_plain_txt_validation_of_a_bad_byte_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.txt"
+    path.write_bytes(b"1\n2\xff\n3\n")
+    with pytest.raises(ManifestError, match=r"m\.txt:2: not valid UTF-8"):
+        validate_manifest(path)
+
+
+def test_plain_txt_validation_does_not_walk_rows_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million-row manifest is checked before the first spend: the fast path must be used."""
+    from bulkgetty import manifest as mod
+
+    def no_generic(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the generic row reader ran on a plain .txt manifest")
+
+    monkeypatch.setattr(mod, "_scan", no_generic)
+    path = tmp_path / "m.txt"
+    path.write_text("".join(f"{i}\n" for i in range(1000)) + "5\n")
+    assert validate_manifest(path) == ManifestSummary(1001, 1000, 1)

@@ -1,0 +1,51 @@
+"""Acquirer decisions that need no server: the cap, the quota gate, and what the planner may
+set aside without queueing a row for an acquirer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+from bulkgetty.acquire import Acquirer, Budget
+from bulkgetty.assets import Asset
+from bulkgetty.journal import AsyncJournal, Record
+from bulkgetty.report import Status
+from bulkgetty.retry import RetryPolicy
+
+
+async def _acquirer(tmp_path: Path, limit: int | None) -> tuple[Acquirer, AsyncJournal, Record]:
+    journal = await AsyncJournal.open(tmp_path)
+    run = await journal.call(journal.journal.begin_run, "m")
+    [record] = await journal.call(journal.journal.upsert, [Asset("1")], run)
+    client = cast(Any, None)  # never reached: refused_now sends nothing
+    acquirer = Acquirer(client, journal, Budget(limit), RetryPolicy(), lambda event: None)
+    return acquirer, journal, record
+
+
+async def test_budget_slot_in_flight_does_not_close_the_cap_for_the_planner(
+    tmp_path: Path,
+) -> None:
+    """A slot held by a POST in flight may come back (404): the row must still be queued."""
+    acquirer, journal, record = await _acquirer(tmp_path, limit=1)
+    try:
+        assert acquirer.budget.take()  # one POST in flight, nothing spent yet
+        assert acquirer.refused_now(record) is None
+        acquirer.spends = 1  # that POST spent: the cap is closed for good
+        refused = acquirer.refused_now(record)
+        assert refused is not None
+        assert refused.status is Status.WAITING_FOR_QUOTA
+        assert "--max-downloads 1" in (refused.error or "")
+    finally:
+        await journal.close()
+
+
+async def test_closed_quota_sets_rows_aside_without_a_budget_slot(tmp_path: Path) -> None:
+    acquirer, journal, record = await _acquirer(tmp_path, limit=None)
+    try:
+        assert acquirer.refused_now(record) is None
+        acquirer.quota.exhausted[acquirer.quota.product(record)] = "limit reached"
+        refused = acquirer.refused_now(record)
+        assert refused is not None and refused.error == "limit reached"
+        assert acquirer.budget.used == 0
+    finally:
+        await journal.close()
