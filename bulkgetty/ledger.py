@@ -627,6 +627,14 @@ class Ledger:
         names = (orjson.loads(blob).get("name") for (blob,) in rows)
         return {name for name in names if isinstance(name, str)}
 
+    def uses_name(self, name: str) -> bool:
+        """A finished or in-progress asset of this folder already owns this file name."""
+        row = self._db.execute(
+            "SELECT 1 FROM bulkgetty_assets WHERE out_dir = %s AND path = %s LIMIT 1",
+            (self.out_dir, name),
+        ).fetchone()
+        return row is not None
+
 
 class AsyncLedger:
     """The ledger driven from one worker thread, as `journal.AsyncJournal` drives SQLite."""
