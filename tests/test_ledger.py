@@ -26,7 +26,7 @@ from bulkgetty.errors import JournalError, QuotaExceededError
 from bulkgetty.journal import AssetState
 from bulkgetty.sandbox import Product, SandboxConfig, SandboxThread
 
-from .e2e.test_cli import REPO, assert_files_match, clean_env, report
+from .harness import REPO, assert_files_match, clean_env, report
 from .postgres import PostgresServer, postgres_server, unavailable
 
 WHY_NOT = unavailable()

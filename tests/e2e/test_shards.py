@@ -24,8 +24,7 @@ from typing import Any
 import pytest
 
 from bulkgetty.sandbox import Product, SandboxConfig, SandboxThread
-
-from .test_cli import REPO, assert_files_match, clean_env, report, write_ids
+from tests.harness import REPO, assert_files_match, clean_env, report, write_ids
 
 PARALLEL = shutil.which("parallel")
 pytestmark = pytest.mark.skipif(
