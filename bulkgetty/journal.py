@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, Generic, ParamSpec, Protocol, TypeVar
 
 import orjson
 
@@ -545,7 +545,49 @@ class _Call:
     result: Any = field(default=None)
 
 
-class AsyncJournal:
+class _Staging(Protocol):
+    def save_progress(self, states: dict[str, bytes]) -> None: ...
+    def record_waiting_many(self, reasons: dict[str, str]) -> None: ...
+
+
+J = TypeVar("J", bound=_Staging)
+
+
+class StagedWrites(Generic[J]):
+    """Writes that need no commit of their own, kept until the next `flush`.
+
+    Transfer progress (only the newest state per asset counts) and rows put aside before any
+    POST (nothing was spent on them) would cost a commit each; one `flush` writes them all.
+    Shared by `AsyncJournal` and `ledger.AsyncLedger`, which supply `call`.
+    """
+
+    def __init__(self, journal: J) -> None:
+        self.journal = journal
+        self._staged: dict[str, bytes] = {}
+        self._waiting: dict[str, str] = {}
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        raise NotImplementedError
+
+    def stage_progress(self, key: str, state: bytes) -> None:
+        self._staged[key] = state
+
+    def drop_progress(self, key: str) -> None:
+        self._staged.pop(key, None)
+
+    def stage_waiting(self, key: str, reason: str) -> None:
+        self._waiting[key] = reason
+
+    async def flush(self) -> None:
+        staged, self._staged = self._staged, {}
+        waiting, self._waiting = self._waiting, {}
+        if staged:
+            await self.call(self.journal.save_progress, staged)
+        if waiting:
+            await self.call(self.journal.record_waiting_many, waiting)
+
+
+class AsyncJournal(StagedWrites[Journal]):
     """The journal driven from one thread of its own, awaited from the event loop.
 
     Calls are serialised by that thread, and the calls waiting when it becomes free run
@@ -557,11 +599,9 @@ class AsyncJournal:
     def __init__(
         self, journal: Journal, inbox: queue.SimpleQueue[_Call | None], thread: threading.Thread
     ) -> None:
-        self.journal = journal
+        super().__init__(journal)
         self._inbox = inbox
         self._thread = thread
-        self._staged: dict[str, bytes] = {}
-        self._waiting: dict[str, str] = {}
         self._closed = False
 
     @classmethod
@@ -601,24 +641,6 @@ class AsyncJournal:
         fut.add_done_callback(_retrieve)
         self._inbox.put(_Call(fn, fut, alone=alone))
         return await asyncio.shield(fut)
-
-    def stage_progress(self, key: str, state: bytes) -> None:
-        self._staged[key] = state
-
-    def drop_progress(self, key: str) -> None:
-        self._staged.pop(key, None)
-
-    def stage_waiting(self, key: str, reason: str) -> None:
-        """Nothing was spent, so this needs no commit of its own: batched with progress."""
-        self._waiting[key] = reason
-
-    async def flush(self) -> None:
-        staged, self._staged = self._staged, {}
-        waiting, self._waiting = self._waiting, {}
-        if staged:
-            await self.call(self.journal.save_progress, staged)
-        if waiting:
-            await self.call(self.journal.record_waiting_many, waiting)
 
     async def close(self) -> None:
         await self.flush()

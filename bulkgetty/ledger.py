@@ -48,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from .assets import Asset
 from .errors import JournalError, QuotaExceededError, UsageError
-from .journal import STATE_DIR, AssetState, Record, RunTotals
+from .journal import STATE_DIR, AssetState, Record, RunTotals, StagedWrites
 from .ratelimit import RateLimiter
 
 __all__ = (
@@ -636,14 +636,12 @@ class Ledger:
         return row is not None
 
 
-class AsyncLedger:
+class AsyncLedger(StagedWrites[Ledger]):
     """The ledger driven from one worker thread, as `journal.AsyncJournal` drives SQLite."""
 
     def __init__(self, ledger: Ledger, pool: ThreadPoolExecutor) -> None:
-        self.journal = ledger
+        super().__init__(ledger)
         self._pool = pool
-        self._staged: dict[str, bytes] = {}
-        self._waiting: dict[str, str] = {}
 
     @classmethod
     async def open(cls, dsn: str, out_dir: Path) -> AsyncLedger:
@@ -661,23 +659,6 @@ class AsyncLedger:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         return await asyncio.shield(fut)
-
-    def stage_progress(self, key: str, state: bytes) -> None:
-        self._staged[key] = state
-
-    def drop_progress(self, key: str) -> None:
-        self._staged.pop(key, None)
-
-    def stage_waiting(self, key: str, reason: str) -> None:
-        self._waiting[key] = reason
-
-    async def flush(self) -> None:
-        staged, self._staged = self._staged, {}
-        waiting, self._waiting = self._waiting, {}
-        if staged:
-            await self.call(self.journal.save_progress, staged)
-        if waiting:
-            await self.call(self.journal.record_waiting_many, waiting)
 
     async def close(self) -> None:
         await self.flush()

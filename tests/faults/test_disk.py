@@ -183,15 +183,12 @@ def test_a_finished_file_cut_short_by_hand_is_fetched_again_beside_it(
         matrix.check(result, note="good copy beside the changed one, 0 spends")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a finished file changed in place at the same length is reported already_done: "
-    "a rerun checks lengths only (hashing every file would make reruns slow) and there is "
-    "no verify command yet",
-)
-def test_a_finished_file_changed_in_place_at_the_same_length_is_noticed(
+def test_a_finished_file_changed_in_place_at_the_same_length_is_named_by_status_verify(
     tmp_path: Path, matrix: Matrix
 ) -> None:
+    """A rerun checks lengths only (hashing every file would make every rerun slow), so a
+    same-length edit is `already_done`; `bulkgetty status DIR --verify` re-hashes and names
+    it (exit 1), and the good file beside it passes."""
     ids = ["9870011", "9870012"]
     with SandboxThread() as sb:
         env = clean_env(sb.credentials_env())
@@ -202,7 +199,18 @@ def test_a_finished_file_changed_in_place_at_the_same_length_is_noticed(
         path = Path(next(r for r in report(out) if r["id"] == ids[0])["path"])
         with open(path, "r+b") as f:
             f.write(b"changed by hand")
-        again = cli("run", str(manifest), "--out", str(out), env=env)
-        result = audit(sb, out, ids, [first, again], fault="finished file changed, same length")
-        matrix.record(result, note="not noticed: no verify command yet")
-        assert next(r for r in report(out) if r["id"] == ids[0])["status"] != "already_done"
+        verify = cli("status", str(out), "--verify", env=env)
+        result = audit(
+            sb,
+            out,
+            ids,
+            [first, verify],
+            fault="finished file changed, same length",
+            on_disk=[ids[1]],
+            allowed_files=[path.name],
+        )
+        matrix.check(result, note="status --verify names it (exit 1); 0 spends")
+        assert verify.returncode == 1, verify.stdout + verify.stderr
+        assert "content changed (sha256 differs)" in verify.stdout
+        assert f"{path.name}" in verify.stdout and f"asset {ids[0]}" in verify.stdout
+        assert verify.stdout.count("content changed") == 1
