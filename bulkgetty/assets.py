@@ -122,18 +122,19 @@ class DigestTable:
 
     Why not a `set[bytes]`: each bytes object costs ~56 bytes plus its set slot, over 100 MB at
     a million unique rows. Here a slot is 16 key bytes plus one non-zero word (the manifest
-    keeps first line << 32 | hash of the non-identity options), about 50 MB for a million
-    at worst. The digest is already uniform, so its first 8 bytes index the table directly;
-    a zero word marks an empty slot.
+    keeps first line << 32 | hash of the non-identity options): 24 bytes a slot at most 70%
+    full, about 34 MB for a million rows when sized up front (`table_for`). The digest is
+    already uniform, so its first 8 bytes modulo the capacity pick the slot (any capacity,
+    not only powers of two); a zero word marks an empty slot.
     """
 
-    __slots__ = ("_count", "_keys", "_mask", "_words")
+    __slots__ = ("_count", "_keys", "_size", "_words")
 
     def __init__(self, capacity: int = 1 << 14) -> None:
-        capacity = 1 << max(0, capacity - 1).bit_length()  # a power of two: slots by mask
+        capacity = max(8, capacity)
         self._keys = bytearray(16 * capacity)
         self._words = array("Q", [0]) * capacity
-        self._mask = capacity - 1
+        self._size = capacity
         self._count = 0
 
     def __len__(self) -> int:
@@ -141,32 +142,31 @@ class DigestTable:
 
     def setdefault(self, digest: bytes, word: int) -> int:
         """The word stored for `digest`; if there was none, store `word` and return 0."""
-        keys, words, mask = self._keys, self._words, self._mask
-        slot = int.from_bytes(digest[:8], "little") & mask
+        keys, words, size = self._keys, self._words, self._size
+        slot = int.from_bytes(digest[:8], "little") % size
         while True:
             found = words[slot]
             if not found:
                 keys[16 * slot : 16 * slot + 16] = digest
                 words[slot] = word
                 self._count += 1
-                if 10 * self._count > 7 * len(words):
+                if 10 * self._count > 7 * size:
                     self._grow()
                 return 0
             if keys[16 * slot : 16 * slot + 16] == digest:
                 return found
-            slot = (slot + 1) & mask
+            slot = slot + 1 if slot + 1 < size else 0
 
     def _grow(self) -> None:
         old_keys, old_words = memoryview(self._keys), self._words
-        capacity = 2 * len(old_words)
-        keys = self._keys = bytearray(16 * capacity)
-        words = self._words = array("Q", [0]) * capacity
-        mask = self._mask = capacity - 1
+        size = self._size = 2 * len(old_words)
+        keys = self._keys = bytearray(16 * size)
+        words = self._words = array("Q", [0]) * size
         for old, word in enumerate(old_words):
             if word:
                 digest = old_keys[16 * old : 16 * old + 16]
-                slot = int.from_bytes(digest[:8], "little") & mask
+                slot = int.from_bytes(digest[:8], "little") % size
                 while words[slot]:
-                    slot = (slot + 1) & mask
+                    slot = slot + 1 if slot + 1 < size else 0
                 keys[16 * slot : 16 * slot + 16] = digest
                 words[slot] = word

@@ -86,6 +86,8 @@ _MAX_ID: Final = 64
 _MAX_DIGITS: Final = 12
 _MAX_LINE: Final = 1 << 20
 _BLOCK: Final = 1 << 20
+#: Passes over the digests when counting duplicates (the top 2 bits of the first 8 bytes).
+_SORT_PASSES: Final = 4
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
@@ -642,13 +644,16 @@ def _distinct(digests: bytearray) -> int:
     whole, so a 64-bit collision is never taken for a duplicate.
     """
     prefixes = memoryview(digests).cast("Q")[0::2]
-    ordered = sorted(prefixes)
-    shared = {a for a, b in itertools.pairwise(ordered) if a == b}
+    shared: set[int] = set()
+    for top in range(_SORT_PASSES):  # a quarter of the rows at a time: a quarter of the memory
+        ordered = sorted(p for p in prefixes if p >> 62 == top)
+        shared.update(a for a, b in itertools.pairwise(ordered) if a == b)
+        del ordered
     if not shared:
-        return len(ordered)
+        return len(prefixes)
     full = memoryview(digests)
     suspects = [full[16 * i : 16 * i + 16].tobytes() for i, p in enumerate(prefixes) if p in shared]
-    return len(ordered) - len(suspects) + len(set(suspects))
+    return len(prefixes) - len(suspects) + len(set(suspects))
 
 
 def _precheck(path: str | Path, defaults: ManifestDefaults) -> None:

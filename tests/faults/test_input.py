@@ -119,11 +119,6 @@ def _peak_rss_kib(proc: subprocess.Popen[str]) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.xfail(
-    strict=True,
-    reason="peak RSS grows with the manifest (measured 68 MiB at 100k rows, 234 MiB at 1M): "
-    "the run keeps every row's digest in memory to drop duplicate rows",
-)
 def test_a_million_row_manifest_runs_at_flat_memory(tmp_path: Path, matrix: Matrix) -> None:
     """1,000,000 ids against an account with 20 downloads: 20 downloaded, the rest wait for
     quota (exit 3), every row reported; peak RSS at 1M rows stays within 1.5x of 100k rows."""
