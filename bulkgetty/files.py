@@ -597,16 +597,18 @@ class NewPart:
     ) -> Path:
         if self.part is not None:
             return await self.part.finish(durable=durable, tail=tail, hasher=hasher)
-        names = self.out.candidates(self.wanted, self.owner)
-        job = _Finish(None, None, tail, hasher, durable, self.out.dir_sync)
-        try:
-            name, final = await asyncio.to_thread(job.create_and_run, self.out.path, names)
-        except OSError as exc:
-            raise _storage_error(exc, Path(exc.filename or self.out.path), "finish") from exc
-        if name is None:
-            raise StorageError(f"no free file name like {self.wanted!r} in {self.out.path}")
-        self.out.claim(name, self.owner)
-        return self.out.final_path(final)
+        after: str | None = None
+        while True:  # candidates() raises StorageError once the series is used up
+            names = self.out.candidates(self.wanted, self.owner, after=after)
+            job = _Finish(None, None, tail, hasher, durable, self.out.dir_sync)
+            try:
+                name, final = await asyncio.to_thread(job.create_and_run, self.out.path, names)
+            except OSError as exc:
+                raise _storage_error(exc, Path(exc.filename or self.out.path), "finish") from exc
+            if name is not None:
+                self.out.claim(name, self.owner)
+                return self.out.final_path(final)
+            after = names[-1]
 
     async def close(self) -> None:
         if self.part is not None:

@@ -14,6 +14,7 @@ from bulkgetty import files
 from bulkgetty.errors import StorageError
 from bulkgetty.files import (
     HashFollower,
+    NewPart,
     OutputDir,
     SequentialWriter,
     open_part,
@@ -450,3 +451,19 @@ def test_sweep_keeps_a_finished_file_named_from_a_part_suffixed_disposition(
     out.release("a")
     out.remove_stale_parts(keep=set())
     assert (tmp_path / name).read_bytes() == b"finished"
+
+
+async def test_new_part_finish_looks_past_the_first_batch_of_taken_names(tmp_path: Path) -> None:
+    """A small file is created and renamed in one hop from a batch of candidate names; when
+    every name of that batch is taken on disk, the next batch is tried, not an error."""
+    out = OutputDir(tmp_path)
+    taken = [*out.candidates("x.jpg", "someone else"), "x (17).jpg", "x (18).jpg"]
+    for name in taken:
+        (tmp_path / name).write_bytes(b"not ours")
+    part = NewPart(out, "x.jpg", "a")
+    tail = files._Batch(0, [b"ours"], 4)
+    path = await part.finish(durable=False, tail=tail)
+    assert path.name not in taken
+    assert path.name == "x (19).jpg"
+    assert path.read_bytes() == b"ours"
+    assert not list(tmp_path.glob("*.part"))
