@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -34,6 +36,8 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from .errors import (
@@ -449,10 +453,14 @@ class _Attempt:
         writer = SequentialWriter(part, start, hasher)
         self.writers = [writer]
         expected = _content_length(resp)
+        # Taken now: aiohttp lets go of the connection the moment the body ends.
+        protocol = resp.connection.protocol if resp.connection is not None else None
         try:
             got = await self._pump(resp, writer, limit=None, sniff=start == 0, flush=False)
-            if expected is not None and got > expected:
-                raise IntegrityError(f"body longer than its Content-Length from {_where(resp)}")
+            if expected is not None and (got > expected or _surplus_after_body(protocol)):
+                # The length was wrong, so no prefix of this body is trusted either.
+                message = f"body longer than its Content-Length from {_where(resp)}"
+                raise await self._reset(part, message)
             if expected is not None and got != expected:
                 raise ReadError(f"body ended after {got} of {expected} bytes from {_where(resp)}")
             total = writer.position + writer.pending
@@ -781,6 +789,30 @@ def _check_content_range(
     if length is not None and length != end - first + 1:
         raise IntegrityError(f"Content-Length {length} does not match Content-Range {header!r}")
     return full
+
+
+def _surplus_after_body(protocol: ResponseHandler | None) -> bool:
+    """Bytes after a Content-Length body mean the header cut the file short.
+
+    aiohttp stops at Content-Length and, when more bytes follow, fails to parse them as the
+    next response on that connection; a server never sends anything unasked on HTTP/1.1, so
+    either that parse error or bytes still waiting in the socket give the surplus away. Only
+    surplus that has reached this host when the body ends can be seen; nothing later can be.
+    """
+    if protocol is None:
+        return False
+    if isinstance(protocol.exception(), HttpProcessingError):
+        return True
+    transport = protocol.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        # asyncio's socket wrapper has no recv: peek through a duplicate of the descriptor.
+        with socket.socket(fileno=os.dup(sock.fileno())) as peer:
+            return bool(peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing waiting (EAGAIN), or the socket is gone: no surplus seen
+        return False
 
 
 def _unsatisfied_total(resp: aiohttp.ClientResponse) -> int | None:

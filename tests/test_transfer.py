@@ -54,7 +54,8 @@ class Asset:
     cut_after: int | None = None
     cut_start: int = 0
     cut_times: int = 1
-    #: Declare a Content-Length this much larger than the body sent.
+    #: Declare a Content-Length this much larger than the body sent (negative: smaller, and
+    #: the bytes past it follow on the socket, as from a server streaming the whole file).
     extra_length: int = 0
     stall_after: int | None = None
     status: int | None = None
@@ -166,6 +167,12 @@ class Server:
         data = asset.body[start:end]
         cut = self._cut_point(asset, start)
         limit = len(data) if cut is None else min(cut, len(data))
+        raw = b""
+        if asset.extra_length < 0 and cut is None:
+            # aiohttp trims writes to Content-Length: the last declared KiBs and the surplus
+            # go to the socket in one write, so they arrive together.
+            limit = max(0, len(data) + asset.extra_length - 4096)
+            raw = data[limit:]
         for i in range(0, limit, 256 * 1024):
             piece = data[i : min(i + 256 * 1024, limit)]
             await resp.write(piece)
@@ -174,6 +181,7 @@ class Server:
                 await asyncio.wait_for(self.release.wait(), 10)
         if cut is not None or asset.extra_length:
             assert request.transport is not None
+            request.transport.write(raw)
             request.transport.close()
             return resp
         await resp.write_eof()
@@ -534,6 +542,19 @@ async def test_resume_after_content_length_larger_than_body(
     # aiohttp drops what it buffered when the connection fails, so fewer bytes may be on disk;
     # the state never claims more than the disk holds.
     assert calls.last.done == part.stat().st_size <= len(data)
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+
+async def test_content_length_shorter_than_the_body_is_refused_and_forgotten(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(MiB + 5000)
+    server.assets["x"] = Asset(data, extra_length=-1000)
+    calls = Calls()
+    with pytest.raises(IntegrityError, match="longer than its Content-Length"):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    # The declared length was wrong, so no byte of this body may seed a resume.
+    assert calls.last.done == 0 and calls.last.total is None
     assert not (out.path / "GettyImages-1.jpg").exists()
 
 

@@ -225,14 +225,13 @@ async def _serve(
     if request.method == "HEAD":
         return response
     plan = _body_faults(state, asset_id, attempt, end - start, delta)
-    await _write_body(response, state, spec, start, end, plan)
     transport = request.transport
-    if plan.cut is not None and transport is not None:
-        transport.close()
-    elif delta < 0 and transport is not None:
-        # aiohttp trims writes to Content-Length; push the surplus past it, then hang up.
-        for chunk in spec.slices(end + delta, end):
-            transport.write(bytes(chunk))
+    # aiohttp trims writes to Content-Length: the surplus is pushed past it on the socket,
+    # right behind the declared bytes (as a server streaming the whole file would), then
+    # the connection is hung up.
+    surplus = transport if delta < 0 and plan.cut is None else None
+    await _write_body(response, state, spec, start, end, plan, surplus=surplus)
+    if (plan.cut is not None or surplus is not None) and transport is not None:
         transport.close()
     else:
         await response.write_eof()
@@ -246,8 +245,15 @@ async def _write_body(
     start: int,
     end: int,
     plan: _BodyFaults,
+    *,
+    surplus: asyncio.Transport | None = None,
 ) -> None:
-    """Write [start, end) in large slices, honouring the cut-off, one stall and the cap."""
+    """Write [start, end) in large slices, honouring the cut-off, one stall and the cap.
+
+    With `surplus`, the bytes past the declared Content-Length go straight to that transport
+    in one write with the last few declared ones, so they reach the client together, as from
+    a server streaming the whole file behind a short header.
+    """
     bandwidth = state.config.bandwidth
     limit = end if plan.cut is None else min(end, start + plan.cut)
     piece = WRITE_CHUNK if bandwidth is None else max(1024, min(WRITE_CHUNK, bandwidth // 10))
@@ -260,12 +266,23 @@ async def _write_body(
         stop = min(limit, pos + piece)
         if stall_pos is not None and pos < stall_pos < stop:
             stop = stall_pos
-        for chunk in spec.slices(pos, stop):
+        raw_from = stop
+        if surplus is not None and response.content_length is not None:
+            declared_end = start + response.content_length
+            if declared_end < stop:
+                raw_from = max(pos, declared_end - _SURPLUS_LEAD)
+        for chunk in spec.slices(pos, raw_from):
             await response.write(chunk)
-            state.stats.delivery_body_bytes += len(chunk)
+        if raw_from < stop and surplus is not None:
+            surplus.write(b"".join(bytes(chunk) for chunk in spec.slices(raw_from, stop)))
+        state.stats.delivery_body_bytes += stop - pos
         if bandwidth:
             await asyncio.sleep((stop - pos) / bandwidth)
         pos = stop
+
+
+#: Declared bytes sent in the same write as a short Content-Length's surplus.
+_SURPLUS_LEAD = 4096
 
 
 def _random_fault(state: SandboxState, asset_id: str, attempt: int) -> str | None:
