@@ -14,7 +14,9 @@ Why it looks the way it does:
   worker thread, hashed in the same hop, so the event loop only moves buffers and nothing is
   copied on the way to the page cache (baseline.md: the write path is CPU and syscall bound).
 - A resumed single stream hashes its prefix from disk once, then keeps hashing while it
-  streams. A segmented file is hashed by re-reading it at the end (unavoidable).
+  streams. A segmented file is hashed behind its writers (`HashFollower`), as they advance.
+- A body is whole only when it matches its Content-Length exactly: bytes after the declared
+  end (a header that cut the file short) fail the attempt as surely as a short body does.
 - Resume trusts a `.part` only as far as both the journal and the disk agree (the smaller),
   and a ranged answer only when its `Content-Range` is exactly what was asked.
 """
