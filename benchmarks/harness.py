@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import datetime as dt
 import hashlib
@@ -926,6 +927,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def precompile() -> None:
+    """Byte-compile bulkgetty and the Python peers' scripts once, as `pip install` would.
+
+    An editable install under PYTHONDONTWRITEBYTECODE (set on our machines) would otherwise
+    compile every module again at each start (~0.1 s a run), which no installed tool pays.
+    """
+    for folder in (REPO / "bulkgetty", REPO / "benchmarks"):
+        compileall.compile_dir(folder, quiet=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     only = {t.strip() for t in args.tools.split(",")} if args.tools else None
@@ -946,6 +957,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     results: list[ScenarioResult] = []
     interrupted = False
+    precompile()
     try:
         for name in args.scenarios:
             res = run_scenario(

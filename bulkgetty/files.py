@@ -72,6 +72,9 @@ _RESERVED_WINDOWS: Final = frozenset(
     | {f"LPT{i}" for i in range(1, 10)}
 )
 _WINDOWS_BAD_CHARS: Final = re.compile(r'[<>:"|?*]')
+#: Names `_clean_component` keeps unchanged without looking at each character: ASCII
+#: letters, digits and `_-.() ` only, neither starting with `.` or ` ` nor ending in them.
+_PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9_()-](?:[A-Za-z0-9_.() -]*[A-Za-z0-9_()-])?")
 
 _EXT_BY_TYPE: Final = {
     "image/jpeg": ".jpg",
@@ -125,6 +128,8 @@ def extension_for(content_type: str | None) -> str:
 
 def _clean_component(raw: str) -> str:
     """Keep the last path component; drop what a filesystem or a shell would misread."""
+    if _is_plain_name(raw):
+        return raw  # every rule below would keep it as it is (checked three times a file)
     last = raw.replace("\\", "/").rsplit("/", 1)[-1]
     text = "".join(ch for ch in last if not _is_unsafe_char(ch))
     text = _WINDOWS_BAD_CHARS.sub("_", text)
@@ -137,6 +142,16 @@ def _clean_component(raw: str) -> str:
     if ext.lower() == PART_SUFFIX:  # a finished file must never pass for a partial one
         ext = "_part"
     return _fit(stem, ext, MAX_NAME_BYTES)
+
+
+def _is_plain_name(raw: str) -> bool:
+    """A short ASCII name with no character, edge, suffix or device name to clean."""
+    return (
+        len(raw) <= MAX_NAME_BYTES
+        and _PLAIN_NAME.fullmatch(raw) is not None
+        and not raw.lower().endswith(PART_SUFFIX)
+        and raw.split(".", 1)[0].rstrip(" ").upper() not in _RESERVED_WINDOWS
+    )
 
 
 def _is_unsafe_char(ch: str) -> bool:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import re
 import socket
 from collections.abc import Callable
@@ -809,12 +808,15 @@ def _surplus_after_body(protocol: ResponseHandler | None) -> bool:
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
         return False
+    # asyncio's socket wrapper has no recv: peek through a borrowed socket object on the same
+    # descriptor (family and type given, so no getsockopt), detached so it never closes it.
+    peer = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
     try:
-        # asyncio's socket wrapper has no recv: peek through a duplicate of the descriptor.
-        with socket.socket(fileno=os.dup(sock.fileno())) as peer:
-            return bool(peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        return bool(peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except OSError:  # nothing waiting (EAGAIN), or the socket is gone: no surplus seen
         return False
+    finally:
+        peer.detach()
 
 
 def _unsatisfied_total(resp: aiohttp.ClientResponse) -> int | None:

@@ -467,3 +467,37 @@ async def test_new_part_finish_looks_past_the_first_batch_of_taken_names(tmp_pat
     assert path.name == "x (19).jpg"
     assert path.read_bytes() == b"ours"
     assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "GettyImages-1167612765.jpg",
+        "GettyImages-1.jpg (2).jpg",
+        "photo (3).jpg",
+        "CON.jpg",
+        "con .txt",
+        "Aux",
+        "lpt1.tar.gz",
+        "x.part",
+        "X.PART",
+        "a.part.jpg",
+        "a" * 300 + ".jpg",
+        "a" * 246 + ".jpg",
+        "trailing.",
+        "-dash_start-",
+        "in side.jpg",
+        "a..b",
+        "(1)",
+        "a",
+        ".",
+        " ",
+    ],
+)
+def test_plain_names_take_the_fast_path_only_when_the_full_rules_keep_them(raw: str) -> None:
+    import bulkgetty.files as files
+
+    full = files._clean_component("/" + raw)  # a slash first: never the fast path
+    assert files._clean_component(raw) == full
+    if files._is_plain_name(raw):
+        assert full == raw
