@@ -17,6 +17,7 @@ from datetime import datetime
 
 from .api import DownloadGrant, GettyClient, HistoryItem
 from .backend import AsyncJournalLike
+from .config import HISTORY_SETTLE
 from .errors import (
     AuthenticationError,
     BulkGettyError,
@@ -79,6 +80,7 @@ class Acquirer:
     emit: Callable[[Event], None]
     quota: QuotaGate = field(default_factory=QuotaGate)
     spends: int = 0
+    history_settle: float = HISTORY_SETTLE
 
     async def acquire(self, record: Record) -> DownloadGrant | Outcome:
         """POST for one asset, or say why not. Raises only AuthenticationError (fatal)."""
@@ -204,6 +206,14 @@ class Acquirer:
         return spent
 
     async def was_spent(self, record: Record, *, since: float) -> bool:
+        """Whether the history shows a spend of this asset since `since` (our intent).
+
+        Asked no sooner than `history_settle` seconds after `since`, so a spend still on
+        its way into the history is not read as "nothing was spent".
+        """
+        settle = since + self.history_settle - time.time()
+        if settle > 0:
+            await asyncio.sleep(settle)
         a = record.asset
         items = await self.client.asset_download_history(a.asset_type, a.id)
         return any(_matches(item, record, since - HISTORY_SKEW) for item in items)

@@ -29,7 +29,7 @@ from rich.console import Console
 from . import ledger_cli, shard_cli
 from .assets import Asset
 from .auth import Credentials
-from .config import DEFAULT_API_RATE, DEFAULT_API_URL, RunOptions
+from .config import DEFAULT_API_RATE, DEFAULT_API_URL, HISTORY_SETTLE, RunOptions
 from .connect import open_client
 from .engine import Downloader, RunResult
 from .errors import BulkGettyError, DiskFullError, ManifestError, UsageError
@@ -200,6 +200,14 @@ def _add_run(sub: SubParsers) -> None:
         "--stall-timeout", type=float, default=60.0, metavar="S", help="seconds without a byte"
     )
     p.add_argument(
+        "--history-settle",
+        type=float,
+        default=HISTORY_SETTLE,
+        metavar="S",
+        help="seconds after a POST that may have spent before the download history is "
+        "believed when it shows nothing (default %(default)s)",
+    )
+    p.add_argument(
         "--no-fsync", action="store_true", help="skip fsync before rename (faster, not durable)"
     )
     p.add_argument(
@@ -362,6 +370,7 @@ def run_options(args: argparse.Namespace, rate: float | None) -> RunOptions:
         segments=args.segments,
         reacquire_expired=args.reacquire_expired,
         stall_timeout=args.stall_timeout,
+        history_settle=args.history_settle,
         report_path=args.report,
         durable=not args.no_fsync,
     )

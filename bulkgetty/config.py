@@ -7,11 +7,16 @@ from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ("DEFAULT_API_RATE", "DEFAULT_API_URL", "RunOptions")
+__all__ = ("DEFAULT_API_RATE", "DEFAULT_API_URL", "HISTORY_SETTLE", "RunOptions")
 
 DEFAULT_API_URL = "https://api.gettyimages.com"
 #: Getty's per-key limits are low (single-digit queries per second on default contracts).
 DEFAULT_API_RATE = 5.0
+#: Seconds a spend may take to show in the download history. Getty does not document the lag,
+#: and reading "not spent" too early means buying again; so a history that shows nothing is
+#: believed only for a POST sent at least this long ago (a cost paid in the rare in-doubt
+#: case only: a POST answered 5xx or cut off, or an intent left by a crash moments ago).
+HISTORY_SETTLE = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,9 @@ class RunOptions:
     reacquire_expired: bool = False
     #: Seconds without a byte before a transfer counts as stalled.
     stall_timeout: float = 60.0
+    #: Seconds after an in-doubt POST before its absence from the download history is
+    #: believed (HISTORY_SETTLE).
+    history_settle: float = HISTORY_SETTLE
     connect_timeout: float = 30.0
     #: Where the JSONL report goes (default: DIR/.bulkgetty/report.jsonl).
     report_path: Path | None = None
@@ -68,6 +76,8 @@ class RunOptions:
             raise UsageError(f"--segments must be at least 1, got {self.segments}")
         if self.stall_timeout <= 0:
             raise UsageError(f"--stall-timeout must be more than 0, got {self.stall_timeout}")
+        if self.history_settle < 0:
+            raise UsageError(f"--history-settle must be 0 or more, got {self.history_settle}")
 
     @property
     def window(self) -> int:

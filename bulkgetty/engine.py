@@ -246,7 +246,14 @@ class Downloader:
         self.summary = RunSummary()
         self.report = ReportWriter(self.options.report, Path(self.out.path), self.redact)
         self.budget = Budget(await self._cap())
-        self.acquirer = Acquirer(self.client, j, self.budget, self.policy, self._emit)
+        self.acquirer = Acquirer(
+            self.client,
+            j,
+            self.budget,
+            self.policy,
+            self._emit,
+            history_settle=self.options.history_settle,
+        )
         self._seen = 0
         self._rows_read = 0
         #: Assets read from the rows and not yet finished (bounded by the stream windows).

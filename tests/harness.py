@@ -26,13 +26,24 @@ def clean_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
     return env
 
 
+#: Run options a test gets unless it sets them: the default 5 queries/s is Getty's reality,
+#: not what a test of 40 assets should wait for; and the sandbox's download history shows a
+#: spend at once (unless a test gives it `history_lag`), so an in-doubt POST need not wait
+#: the default 10 s before the history is believed.
+RUN_DEFAULTS = {"--api-rate": "500", "--history-settle": "0.5"}
+
+
 def command(args: tuple[str, ...], *, prefix: tuple[str, ...] = ()) -> list[str]:
-    """The CLI command line; runs get a high --api-rate unless a test sets one (the default 5
-    queries/s is Getty's reality, not what a test of 40 assets should wait for).
+    """The CLI command line, with `RUN_DEFAULTS` for runs.
 
     `prefix` replaces `-m bulkgetty` (e.g. a crash-point wrapper script that then runs it).
     """
-    extra = ["--api-rate", "500"] if args[:1] == ("run",) and "--api-rate" not in args else []
+    extra: list[str] = []
+    subcommand = next((a for a in args if not a.startswith("-")), None)  # after --debug
+    if subcommand == "run":
+        for option, value in RUN_DEFAULTS.items():
+            if option not in args:
+                extra += [option, value]
     entry = list(prefix) if prefix else ["-m", "bulkgetty"]
     return [sys.executable, *entry, *args, *extra]
 

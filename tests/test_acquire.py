@@ -3,10 +3,13 @@ set aside without queueing a row for an acquirer."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from bulkgetty.acquire import Acquirer, Budget
+from bulkgetty.api import HistoryItem
 from bulkgetty.assets import Asset
 from bulkgetty.journal import AsyncJournal, Record
 from bulkgetty.report import Status
@@ -47,5 +50,38 @@ async def test_closed_quota_sets_rows_aside_without_a_budget_slot(tmp_path: Path
         refused = acquirer.refused_now(record)
         assert refused is not None and refused.error == "limit reached"
         assert acquirer.budget.used == 0
+    finally:
+        await journal.close()
+
+
+class _History:
+    """A client whose download history shows one spend, noting when it was asked."""
+
+    def __init__(self) -> None:
+        self.asked_at: list[float] = []
+
+    async def asset_download_history(self, asset_type: str, asset_id: str) -> list[HistoryItem]:
+        self.asked_at.append(time.time())
+        now = datetime.now(UTC).isoformat()
+        return [HistoryItem(asset_id, asset_type, now, None, None, None)]
+
+
+async def test_history_is_asked_only_once_a_fresh_spend_has_had_time_to_show(
+    tmp_path: Path,
+) -> None:
+    """An in-doubt POST sent just now: the history is read `history_settle` seconds after it,
+    not at once (a spend still on its way would read as unspent and be bought again)."""
+    acquirer, journal, record = await _acquirer(tmp_path, limit=None)
+    history = _History()
+    acquirer.client = cast(Any, history)
+    acquirer.history_settle = 0.4
+    try:
+        sent = time.time()
+        assert await acquirer.was_spent(record, since=sent)
+        assert history.asked_at[0] >= sent + 0.4
+        old = time.time() - 60  # an intent left by a crash a minute ago: no wait
+        before = time.time()
+        assert await acquirer.was_spent(record, since=old)
+        assert history.asked_at[1] - before < 0.3
     finally:
         await journal.close()

@@ -39,6 +39,8 @@ pytestmark = pytest.mark.timeout(60)
 
 POLICY = RetryPolicy(backoff_base=0.01, backoff_max=0.05)
 BASE = SandboxConfig(image_bytes=(5_000, 60_000), video_bytes=(60_000, 150_000))
+#: Seconds an in-doubt POST waits before the history is read (the sandbox has no lag).
+SETTLE = 0.2
 REPORT_FIELDS = {"id", "asset_type", "product_type", "status", "path", "bytes", "sha256", "error"}
 
 
@@ -85,7 +87,9 @@ async def download(
     credentials: Credentials | None = None,
     **options: Any,
 ) -> Run:
-    opts = RunOptions(out_dir=out, api_rate=None, **{"concurrency": 4, **options})
+    # The sandbox's history shows a spend at once: no need to wait the default settle time.
+    defaults = {"concurrency": 4, "history_settle": SETTLE}
+    opts = RunOptions(out_dir=out, api_rate=None, **{**defaults, **options})
     creds = credentials or Credentials.from_env(sb.credentials_env())
     events: list[Event] = []
     async with asyncio.timeout(45):
@@ -664,7 +668,7 @@ async def test_cancel_during_a_hanging_post_is_resolved_not_rebought(tmp_path: P
     config = replace(BASE, faults=Faults(post_hang={"100": 30.0}))
     async with Sandbox(config) as sb:
         out = tmp_path / "out"
-        opts = RunOptions(out_dir=out, api_rate=None, concurrency=1)
+        opts = RunOptions(out_dir=out, api_rate=None, concurrency=1, history_settle=SETTLE)
         creds = Credentials.from_env(sb.credentials_env())
         async with Downloader(creds, opts, api_url=sb.api_url, policy=POLICY) as d:
             task = asyncio.create_task(d.run([Asset("100")]))

@@ -458,6 +458,8 @@ async def downloads(request: web.Request) -> web.StreamResponse:
     if date_from is None:
         date_from = date_to - window
     product_type = request.query.get("product_type") or None
+    if state.config.history_lag:
+        date_to = min(date_to, now - state.config.history_lag)
     matches = [
         s
         for s in reversed(state.ledger)
@@ -477,8 +479,9 @@ def _asset_history_handler(asset_type: str) -> Handler:
             raise _not_found(asset_type, asset_id)
         _bool(request, "company_downloads", False)
         items = []
+        shown_until = state.now() - state.config.history_lag
         for s in reversed(state.ledger):
-            if s.asset_type == asset_type and s.id == asset_id:
+            if s.asset_type == asset_type and s.id == asset_id and s.at <= shown_until:
                 item = _history_item(state, s)
                 details = item.pop("download_details")
                 items.append({**item, **details})

@@ -145,6 +145,8 @@ class SandboxConfig:
     uri_ttl: float = 86_400.0
     #: False makes a repeat POST (same asset, options and product) free.
     spend_on_repeat: bool = True
+    #: Seconds before a spend shows in the download history (Getty's lag is undocumented).
+    history_lag: float = 0.0
     #: External delivery base URL (e.g. nginx serving `write_corpus` output). Signed URIs then
     #: point there; the sandbox's own delivery origins still serve the same paths.
     delivery_base: str | None = None

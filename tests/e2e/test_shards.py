@@ -69,7 +69,7 @@ def shard_args(manifest: Path, out: Path, *extra: str, count: int = SHARDS) -> s
     rest = " ".join(extra)
     return (
         f"run {manifest} --out {out}/shard-{{}} --shard {{}}/{count} --api-rate {rate:g} "
-        f"--concurrency 4 --quiet {rest}"
+        f"--concurrency 4 --history-settle 0.5 --quiet {rest}"
     )
 
 

@@ -104,6 +104,41 @@ def test_in_doubt_post_is_resolved_through_history_never_blind_retried(
         matrix.check(result, note="1 extra spend, only with --reacquire-expired")
 
 
+@pytest.mark.parametrize(("settle", "posts"), [("2", 1), ("0", 2)])
+def test_in_doubt_post_waits_for_a_lagging_history_before_buying_again(
+    tmp_path: Path, matrix: Matrix, settle: str, posts: int
+) -> None:
+    """The history shows a spend only 1 s after it: with the settle time (2 s here, 10 s by
+    default) the charged-but-unanswered POST is found and never repeated; with none (the
+    defence removed, `--history-settle 0`) the history reads "unspent" and the asset is
+    bought twice, which is why the wait exists."""
+    hit = "9340001"
+    ids = [hit, "9340002"]
+    faults = Faults(post_status={hit: (503, 1, True)})
+    with SandboxThread(SandboxConfig(faults=faults, history_lag=1.0)) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        done = cli("run", str(manifest), "--out", str(out), "--history-settle", settle, env=env)
+        assert sb.stats.post_requests[f"image/{hit}"] == posts
+        if posts == 2:
+            assert sb.spends_by_asset()[f"image/{hit}"] == 2  # the hazard is real
+            return
+        assert done.returncode == 1, done.stderr
+        row = next(r for r in report(out) if r["id"] == hit)
+        assert row["status"] == "failed" and "--reacquire-expired" in row["error"]
+        result = audit(
+            sb,
+            out,
+            ids,
+            [done],
+            fault="in-doubt POST, history 1 s behind",
+            on_disk=ids[1:],
+            root=tmp_path,
+        )
+        matrix.check(result, note="found after the settle time: never bought twice")
+
+
 def test_token_expiring_mid_run_is_refreshed_not_per_call(tmp_path: Path, matrix: Matrix) -> None:
     """1-second tokens over a ~3 s run: a few refreshes shared by all workers, a valid token on
     every POST (no 401 reaches the report), and not one token request per call."""
