@@ -508,6 +508,20 @@ async def test_post_5xx_that_spent_is_resolved_through_history_not_retried(
     assert sb.spends_by_asset()["image/100"] == 2
 
 
+@pytest.mark.parametrize(("settle", "posts"), [(0.0, 2), (1.5, 1)])
+async def test_settle_time_keeps_a_lagging_history_from_causing_a_second_purchase(
+    sb: Sandbox, tmp_path: Path, settle: float, posts: int
+) -> None:
+    """A POST charged but answered 503, and a history that shows spends 1 s late: read at
+    once (settle 0) it says "unspent" and the asset is bought twice; read once the POST is
+    `settle` seconds old, the spend is there and nothing is bought again."""
+    sb.configure(faults=Faults(post_status={"100": (503, 1, True)}), history_lag=1.0)
+    run = await download(sb, tmp_path / "out", images(1), history_settle=settle)
+    assert sb.stats.post_requests["image/100"] == posts
+    assert sb.spends_by_asset()["image/100"] == posts
+    assert run.status() == {"100": "downloaded" if posts == 2 else "failed"}
+
+
 async def test_post_5xx_that_spent_nothing_is_retried_and_bought_once(
     sb: Sandbox, tmp_path: Path
 ) -> None:

@@ -104,14 +104,12 @@ def test_in_doubt_post_is_resolved_through_history_never_blind_retried(
         matrix.check(result, note="1 extra spend, only with --reacquire-expired")
 
 
-@pytest.mark.parametrize(("settle", "posts"), [("2", 1), ("0", 2)])
 def test_in_doubt_post_waits_for_a_lagging_history_before_buying_again(
-    tmp_path: Path, matrix: Matrix, settle: str, posts: int
+    tmp_path: Path, matrix: Matrix
 ) -> None:
     """The history shows a spend only 1 s after it: with the settle time (2 s here, 10 s by
-    default) the charged-but-unanswered POST is found and never repeated; with none (the
-    defence removed, `--history-settle 0`) the history reads "unspent" and the asset is
-    bought twice, which is why the wait exists."""
+    default) the charged-but-unanswered POST is found there and never repeated.
+    (test_engine shows the same run without the wait buying twice.)"""
     hit = "9340001"
     ids = [hit, "9340002"]
     faults = Faults(post_status={hit: (503, 1, True)})
@@ -119,12 +117,9 @@ def test_in_doubt_post_waits_for_a_lagging_history_before_buying_again(
         env = clean_env(sb.credentials_env())
         manifest = write_ids(tmp_path / "ids.txt", ids)
         out = tmp_path / "o"
-        done = cli("run", str(manifest), "--out", str(out), "--history-settle", settle, env=env)
-        assert sb.stats.post_requests[f"image/{hit}"] == posts
-        if posts == 2:
-            assert sb.spends_by_asset()[f"image/{hit}"] == 2  # the hazard is real
-            return
+        done = cli("run", str(manifest), "--out", str(out), "--history-settle", "2", env=env)
         assert done.returncode == 1, done.stderr
+        assert sb.stats.post_requests[f"image/{hit}"] == 1, "an in-doubt POST was repeated"
         row = next(r for r in report(out) if r["id"] == hit)
         assert row["status"] == "failed" and "--reacquire-expired" in row["error"]
         result = audit(
