@@ -799,14 +799,17 @@ def _pwrite_all(
 def _write_chunks(fd: int, chunks: list[bytes], offset: int, hasher: Any | None) -> int:
     """One pwritev for the whole batch (no join copy); a short write finishes with pwrite."""
     if len(chunks) == 1 or len(chunks) > _IOV_MAX:
-        return _pwrite_all(fd, chunks[0] if len(chunks) == 1 else b"".join(chunks), offset, hasher)
-    total = sum(map(len, chunks))
-    done = os.pwritev(fd, chunks, offset)
-    if done < total:
-        _pwrite_all(fd, memoryview(b"".join(chunks))[done:], offset + done, None)
-    if hasher is not None:
-        for chunk in chunks:
-            hasher.update(chunk)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        total = _pwrite_all(fd, data, offset, hasher)
+    else:
+        total = sum(map(len, chunks))
+        done = os.pwritev(fd, chunks, offset)
+        if done < total:
+            _pwrite_all(fd, memoryview(b"".join(chunks))[done:], offset + done, None)
+        if hasher is not None:
+            for chunk in chunks:
+                hasher.update(chunk)
+    _start_writeback(fd, offset, total)
     return total
 
 
@@ -893,19 +896,38 @@ _RENAME_NOREPLACE: Final = 1
 _AT_FDCWD: Final = -100
 
 
-def _libc_renameat2() -> Any | None:
-    name = ctypes.util.find_library("c")
+def _libc_function(symbol: str, argtypes: tuple[Any, ...]) -> Any | None:
+    """A libc call Python's os module lacks; None where this libc has no such symbol."""
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        func = libc.renameat2
+        func = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), symbol)
     except (OSError, AttributeError, TypeError):
         return None
-    func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    func.argtypes = argtypes
     func.restype = ctypes.c_int
     return func
 
 
-_renameat2: Any | None = _libc_renameat2()
+_renameat2: Any | None = _libc_function(
+    "renameat2", (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+)
+_sync_file_range: Any | None = _libc_function(
+    "sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+)
+_SYNC_FILE_RANGE_WRITE: Final = 2
+#: Batches at least this large start their writeback at once (see `_start_writeback`).
+_WRITEBACK_MIN: Final = 2**20
+
+
+def _start_writeback(fd: int, offset: int, size: int) -> None:
+    """Ask the kernel to start writing these bytes to disk now, without waiting for them.
+
+    A large file is made durable by one fsync before its rename; with writeback started
+    batch by batch while it streams, that fsync finds little left to write instead of the
+    whole file (the cost curl and peers push into a later `sync`). Best effort: where the
+    call does not exist or the filesystem refuses it, the final fsync still does it all.
+    """
+    if _sync_file_range is not None and size >= _WRITEBACK_MIN:
+        _sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
 
 
 def _rename_noreplace(src: Path, dst: Path) -> None:
