@@ -458,7 +458,8 @@ class _Attempt:
         protocol = resp.connection.protocol if resp.connection is not None else None
         try:
             got = await self._pump(resp, writer, limit=None, sniff=start == 0, flush=False)
-            if expected is not None and (got > expected or _surplus_after_body(protocol)):
+            surplus = got == expected and _surplus_after_body(protocol)
+            if expected is not None and (got > expected or surplus):
                 # The length was wrong, so no prefix of this body is trusted either.
                 message = f"body longer than its Content-Length from {_where(resp)}"
                 raise await self._reset(part, message)

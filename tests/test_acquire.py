@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
+from bulkgetty import acquire
 from bulkgetty.acquire import Acquirer, Budget
 from bulkgetty.api import HistoryItem
 from bulkgetty.assets import Asset
@@ -55,33 +58,32 @@ async def test_closed_quota_sets_rows_aside_without_a_budget_slot(tmp_path: Path
 
 
 class _History:
-    """A client whose download history shows one spend, noting when it was asked."""
-
-    def __init__(self) -> None:
-        self.asked_at: list[float] = []
+    """A client whose download history shows one spend."""
 
     async def asset_download_history(self, asset_type: str, asset_id: str) -> list[HistoryItem]:
-        self.asked_at.append(time.time())
         now = datetime.now(UTC).isoformat()
         return [HistoryItem(asset_id, asset_type, now, None, None, None)]
 
 
 async def test_history_is_asked_only_once_a_fresh_spend_has_had_time_to_show(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An in-doubt POST sent just now: the history is read `history_settle` seconds after it,
-    not at once (a spend still on its way would read as unspent and be bought again)."""
+    """An in-doubt POST sent just now: the acquirer waits out the rest of `history_settle`
+    before it reads the history (a spend still on its way would read as unspent and be
+    bought again); for an intent left by a crash a minute ago it reads at once."""
     acquirer, journal, record = await _acquirer(tmp_path, limit=None)
-    history = _History()
-    acquirer.client = cast(Any, history)
-    acquirer.history_settle = 0.4
+    acquirer.client = cast(Any, _History())
+    acquirer.history_settle = 30.0
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr(acquire.asyncio, "sleep", sleep)
     try:
-        sent = time.time()
-        assert await acquirer.was_spent(record, since=sent)
-        assert history.asked_at[0] >= sent + 0.4
-        old = time.time() - 60  # an intent left by a crash a minute ago: no wait
-        before = time.time()
-        assert await acquirer.was_spent(record, since=old)
-        assert history.asked_at[1] - before < 0.3
+        assert await acquirer.was_spent(record, since=time.time())
+        assert len(waits) == 1 and 29.0 < waits[0] <= 30.0
+        assert await acquirer.was_spent(record, since=time.time() - 60)
+        assert len(waits) == 1  # no second wait
     finally:
         await journal.close()
