@@ -800,13 +800,17 @@ def _surplus_after_body(protocol: ResponseHandler | None) -> bool:
     next response on that connection; a server never sends anything unasked on HTTP/1.1, so
     either that parse error or bytes still waiting in the socket give the surplus away. Only
     surplus that has reached this host when the body ends can be seen; nothing later can be.
+    Under TLS only the parse error counts: raw bytes waiting there may be the session's own
+    records (a close_notify after `Connection: close`, a session ticket), not body bytes.
     """
     if protocol is None:
         return False
     if isinstance(protocol.exception(), HttpProcessingError):
         return True
     transport = protocol.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
+    if transport is None or transport.get_extra_info("ssl_object") is not None:
+        return False
+    sock = transport.get_extra_info("socket")
     if sock is None:
         return False
     # asyncio's socket wrapper has no recv: peek through a borrowed socket object on the same

@@ -6,9 +6,11 @@ import asyncio
 import hashlib
 import os
 import re
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -30,6 +32,7 @@ from bulkgetty.transfer import (
     TransferOptions,
     TransferResult,
     TransferState,
+    _surplus_after_body,
     redact_url,
     transfer,
 )
@@ -855,3 +858,33 @@ async def test_no_segments_without_a_validator(
     result = await fetch(session, server.url("/a/x"), out, options=SEGMENTED)
     assert result.sha256 == sha(data)
     assert len(server.seen) == 1
+
+
+class _Transport:
+    def __init__(self, sock: socket.socket, tls: bool) -> None:
+        self.extra = {"socket": sock, "ssl_object": object() if tls else None}
+
+    def get_extra_info(self, name: str) -> object:
+        return self.extra.get(name)
+
+
+class _Protocol:
+    def __init__(self, transport: _Transport) -> None:
+        self.transport = transport
+
+    def exception(self) -> BaseException | None:
+        return None
+
+
+@pytest.mark.parametrize(("tls", "seen"), [(False, True), (True, False)])
+def test_bytes_waiting_after_a_body_count_as_surplus_only_on_plain_http(
+    tls: bool, seen: bool
+) -> None:
+    """Under TLS, raw bytes after the body may be a close_notify or a session ticket, not
+    body bytes: only aiohttp's parse error may say "surplus" there."""
+    ours, server = socket.socketpair()
+    with ours, server:
+        server.sendall(b"surplus")
+        protocol = _Protocol(_Transport(ours, tls))
+        assert _surplus_after_body(cast(Any, protocol)) is seen
+        assert ours.recv(16) == b"surplus"  # peeked, never consumed, never closed
