@@ -3,9 +3,9 @@ set aside without queueing a row for an acquirer."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -79,11 +79,13 @@ async def test_history_is_asked_only_once_a_fresh_spend_has_had_time_to_show(
     async def sleep(delay: float) -> None:
         waits.append(delay)
 
-    monkeypatch.setattr(acquire.asyncio, "sleep", sleep)
+    # A frozen clock and a recording sleep: the wait asked for is exact, nothing is timed.
+    monkeypatch.setattr(acquire, "time", SimpleNamespace(time=lambda: 1_000.0))
+    monkeypatch.setattr(acquire, "asyncio", SimpleNamespace(sleep=sleep))
     try:
-        assert await acquirer.was_spent(record, since=time.time())
-        assert len(waits) == 1 and 29.0 < waits[0] <= 30.0
-        assert await acquirer.was_spent(record, since=time.time() - 60)
-        assert len(waits) == 1  # no second wait
+        assert await acquirer.was_spent(record, since=1_000.0)  # sent just now
+        assert waits == [30.0]
+        assert await acquirer.was_spent(record, since=940.0)  # a crash a minute ago
+        assert waits == [30.0]  # no second wait
     finally:
         await journal.close()
