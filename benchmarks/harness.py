@@ -928,7 +928,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def precompile() -> None:
-    """Byte-compile bulkgetty and the Python peers' scripts once, as `pip install` would.
+    """Byte-compile bulkgetty and the harness's server modules once, as `pip install` would.
 
     An editable install under PYTHONDONTWRITEBYTECODE (set on our machines) would otherwise
     compile every module again at each start (~0.1 s a run), which no installed tool pays.

@@ -17,7 +17,7 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -411,6 +411,14 @@ def _parse_date(request: web.Request, name: str, *, use_time: bool, end: bool) -
     return parsed.timestamp()
 
 
+def _shown_spends(state: SandboxState) -> Iterator[Spend]:
+    """The spend ledger newest first, as the download history shows it: without the spends
+    of the last `history_lag` seconds."""
+    lag = state.config.history_lag
+    until = state.now() - lag
+    return (s for s in reversed(state.ledger) if not lag or s.at <= until)
+
+
 def _history_item(state: SandboxState, spend: Spend) -> dict[str, Any]:
     product = state.config.product_by_id(spend.product_id)
     return {
@@ -458,11 +466,9 @@ async def downloads(request: web.Request) -> web.StreamResponse:
     if date_from is None:
         date_from = date_to - window
     product_type = request.query.get("product_type") or None
-    if state.config.history_lag:
-        date_to = min(date_to, now - state.config.history_lag)
     matches = [
         s
-        for s in reversed(state.ledger)
+        for s in _shown_spends(state)
         if date_from <= s.at <= date_to and (product_type is None or s.product_type == product_type)
     ]
     chunk = matches[(page - 1) * page_size : page * page_size]
@@ -479,9 +485,8 @@ def _asset_history_handler(asset_type: str) -> Handler:
             raise _not_found(asset_type, asset_id)
         _bool(request, "company_downloads", False)
         items = []
-        shown_until = state.now() - state.config.history_lag
-        for s in reversed(state.ledger):
-            if s.asset_type == asset_type and s.id == asset_id and s.at <= shown_until:
+        for s in _shown_spends(state):
+            if s.asset_type == asset_type and s.id == asset_id:
                 item = _history_item(state, s)
                 details = item.pop("download_details")
                 items.append({**item, **details})
