@@ -3,6 +3,11 @@ set aside without queueing a row for an acquirer."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,10 +17,20 @@ import pytest
 
 from bulkgetty import acquire
 from bulkgetty.acquire import Acquirer, Budget
-from bulkgetty.api import HistoryItem
+from bulkgetty.api import DownloadGrant, HistoryItem
 from bulkgetty.assets import Asset
-from bulkgetty.journal import AsyncJournal, Record
-from bulkgetty.report import Status
+from bulkgetty.errors import (
+    AuthenticationError,
+    BulkGettyError,
+    ConnectError,
+    NotFoundError,
+    QuotaExceededError,
+    ReadError,
+    ServerError,
+)
+from bulkgetty.events import AssetAcquired, Event, QuotaReached
+from bulkgetty.journal import AssetState, AsyncJournal, Record
+from bulkgetty.report import Outcome, Status
 from bulkgetty.retry import RetryPolicy
 
 
@@ -89,3 +104,397 @@ async def test_history_is_asked_only_once_a_fresh_spend_has_had_time_to_show(
         assert waits == [30.0]  # no second wait
     finally:
         await journal.close()
+
+
+# --- The acquirer end to end against a scripted client --------------------------------------
+#
+# The client answers each POST from a script and shows a given download history; the journal
+# is the real SQLite one. No server is needed: what is under test is what the acquirer decides
+# (post again or not, give the cap slot back or not, what it records) for each answer.
+
+NOT_SPENT = NotFoundError("no such asset", status=404)
+LOST = ReadError("the answer was lost", may_have_spent=True)
+
+
+@dataclass
+class _Client:
+    """Answers POSTs from `answers` in order; `history` is the asset's download history."""
+
+    answers: list[DownloadGrant | BulkGettyError]
+    history: list[HistoryItem] | BulkGettyError = field(default_factory=list)
+    posts: list[str] = field(default_factory=list)
+    asked: list[tuple[str, str]] = field(default_factory=list)
+
+    async def download(self, asset: Asset) -> DownloadGrant:
+        self.posts.append(asset.id)
+        answer = self.answers.pop(0)
+        if isinstance(answer, BulkGettyError):
+            raise answer
+        return answer
+
+    async def asset_download_history(self, asset_type: str, asset_id: str) -> list[HistoryItem]:
+        self.asked.append((asset_type, asset_id))
+        if isinstance(self.history, BulkGettyError):
+            raise self.history
+        return self.history
+
+
+def _grant(n: int = 1) -> DownloadGrant:
+    return DownloadGrant(f"https://delivery.example/{n}?sig=x", 2_000_000_000.0 + n)
+
+
+def _spend(*, ago: float = 0.0, product: str | None = None, date: str | None = None) -> HistoryItem:
+    """A history entry dated `ago` seconds before now (or with the given `date` text)."""
+    when = date or datetime.fromtimestamp(time.time() - ago, UTC).isoformat()
+    return HistoryItem("1", "image", when, product, None, None)
+
+
+class _Asyncio:
+    """acquire's view of asyncio, with a sleep that records the wait instead of waiting."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float) -> None:
+        self.slept.append(delay)
+
+
+@dataclass
+class _Rig:
+    acquirer: Acquirer
+    journal: AsyncJournal
+    client: _Client
+    records: list[Record]
+    events: list[Event]
+    clock: _Asyncio
+
+    async def state(self, record: Record) -> Record:
+        found = await self.journal.call(self.journal.journal.get, record.key)
+        assert found is not None
+        return found
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Callable[..., Awaitable[_Rig]]]:
+    """Build an acquirer over a fresh journal holding `assets`, answering from `client`."""
+    journals: list[AsyncJournal] = []
+    clock = _Asyncio()
+    monkeypatch.setattr(acquire, "asyncio", clock)
+
+    async def build(
+        client: _Client,
+        assets: list[Asset] | None = None,
+        *,
+        limit: int | None = None,
+        attempts: int = 3,
+    ) -> _Rig:
+        journal = await AsyncJournal.open(tmp_path / f"out{len(journals)}")
+        journals.append(journal)
+        run = await journal.call(journal.journal.begin_run, "m")
+        records = await journal.call(journal.journal.upsert, assets or [Asset("1")], run)
+        events: list[Event] = []
+        policy = RetryPolicy(attempts=attempts, backoff_base=1.0, jitter=False)
+        acquirer = Acquirer(cast(Any, client), journal, Budget(limit), policy, events.append)
+        acquirer.history_settle = 0.0
+        return _Rig(acquirer, journal, client, records, events, clock)
+
+    yield build
+    for journal in journals:
+        await journal.close()
+
+
+Rig = Callable[..., Awaitable[_Rig]]
+
+
+async def test_a_granted_post_is_recorded_with_its_uri_and_counted_once(rig: Rig) -> None:
+    r = await rig(_Client([_grant(7)]), [Asset("1", product_type="editorialsubscription")])
+    [record] = r.records
+    assert await r.acquirer.acquire(record) == _grant(7)
+    saved = await r.state(record)
+    assert (saved.state, saved.uri, saved.uri_expires, saved.spends) == (
+        AssetState.ACQUIRED,
+        _grant(7).uri,
+        _grant(7).expires_at,
+        1,
+    )
+    assert r.acquirer.spends == 1
+    assert _untimed(r.events) == [
+        AssetAcquired(
+            t=0.0, id="1", asset_type="image", product_type="editorialsubscription", spends=1
+        )
+    ]
+
+
+async def test_the_cap_refuses_the_post_after_the_last_slot(rig: Rig) -> None:
+    """--max-downloads 2: two POSTs leave, the third asset waits and nothing is sent for it."""
+    r = await rig(_Client([_grant(1), _grant(2)]), [Asset("1"), Asset("2"), Asset("3")], limit=2)
+    first, second, third = r.records
+    assert isinstance(await r.acquirer.acquire(first), DownloadGrant)
+    assert isinstance(await r.acquirer.acquire(second), DownloadGrant)
+    refused = await r.acquirer.acquire(third)
+    assert isinstance(refused, Outcome)
+    assert refused.status is Status.WAITING_FOR_QUOTA
+    assert refused.error == "--max-downloads 2 reached in this run"
+    assert r.client.posts == ["1", "2"]
+    await r.journal.flush()  # the refusal is staged, not committed on its own
+    saved = await r.state(third)
+    assert (saved.state, saved.error) == (AssetState.WAITING_FOR_QUOTA, refused.error)
+
+
+async def test_without_a_cap_every_asset_may_post(rig: Rig) -> None:
+    assets = [Asset(str(n)) for n in range(4)]
+    r = await rig(_Client([_grant(n) for n in range(4)]), assets, limit=None)
+    for record in r.records:
+        assert isinstance(await r.acquirer.acquire(record), DownloadGrant)
+    assert len(r.client.posts) == 4
+
+
+async def test_a_post_proven_not_charged_gives_its_cap_slot_back(rig: Rig) -> None:
+    """--max-downloads 1 and the first POST answered 404: nothing was spent, so the slot
+    comes back and the next asset may still be bought."""
+    r = await rig(_Client([NOT_SPENT, _grant(2)]), [Asset("1"), Asset("2")], limit=1, attempts=1)
+    first, second = r.records
+    failed = await r.acquirer.acquire(first)
+    assert isinstance(failed, Outcome) and failed.status is Status.FAILED
+    assert failed.error == "no such asset"
+    saved = await r.state(first)
+    assert (saved.state, saved.error, saved.spends) == (AssetState.FAILED, "no such asset", 0)
+    assert await r.acquirer.acquire(second) == _grant(2)
+    assert r.client.posts == ["1", "2"]
+
+
+async def test_a_post_that_spent_nothing_is_sent_again_up_to_the_policy_attempts(
+    rig: Rig,
+) -> None:
+    """A connection refused proves nothing was spent: retried, with the policy's backoff
+    between tries, and no more than `attempts` POSTs in all."""
+    refused = [ConnectError(f"refused {n}") for n in range(1, 5)]
+    r = await rig(_Client(list(refused)), limit=1, attempts=3)
+    [record] = r.records
+    outcome = await r.acquirer.acquire(record)
+    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
+    assert outcome.error == "refused 3"
+    assert len(r.client.posts) == 3
+    assert r.clock.slept == [1.0, 2.0]
+    assert r.acquirer.budget.used == 0  # every slot came back: none of them spent
+
+
+async def test_a_permanent_refusal_is_not_sent_again(rig: Rig) -> None:
+    r = await rig(_Client([NOT_SPENT, _grant()]), attempts=5)
+    outcome = await r.acquirer.acquire(r.records[0])
+    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
+    assert r.client.posts == ["1"]
+    assert r.clock.slept == []
+
+
+async def test_a_refused_token_stops_and_leaves_the_asset_pending(rig: Rig) -> None:
+    r = await rig(_Client([AuthenticationError("bad token", status=401)]), limit=1)
+    [record] = r.records
+    with pytest.raises(AuthenticationError):
+        await r.acquirer.acquire(record)
+    assert (await r.state(record)).state is AssetState.PENDING
+    assert r.acquirer.budget.used == 0
+
+
+async def test_quota_reached_closes_only_that_product_and_says_so_once(rig: Rig) -> None:
+    """A 403 OverageLimitReached: that product's rows wait (nothing spent, slot back) and no
+    further POST starts for it; another product type still buys."""
+    over = QuotaExceededError("over", status=403, code="OverageLimitReached")
+    assets = [
+        Asset("1", product_type="editorialsubscription"),
+        Asset("2", product_type="editorialsubscription"),
+        Asset("3", product_type="premiumaccess"),
+    ]
+    r = await rig(_Client([over, _grant(3)]), assets, limit=1)
+    first, second, other = r.records
+    reason = (
+        "download limit reached for editorialsubscription (OverageLimitReached); "
+        "run again when it resets"
+    )
+    outcome = await r.acquirer.acquire(first)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.error) == (Status.WAITING_FOR_QUOTA, reason)
+    saved = await r.state(first)
+    assert (saved.state, saved.error) == (AssetState.WAITING_FOR_QUOTA, reason)
+    again = await r.acquirer.acquire(second)
+    assert isinstance(again, Outcome) and again.error == reason
+    assert _untimed(r.events) == [
+        QuotaReached(t=0.0, product_type="editorialsubscription", reason=reason)
+    ]
+    assert await r.acquirer.acquire(other) == _grant(3)
+    assert r.client.posts == ["1", "3"]
+
+
+async def test_quota_reached_twice_for_one_product_is_announced_once(rig: Rig) -> None:
+    """Two POSTs in flight both answered 403: one QuotaReached event, both rows wait."""
+    over = QuotaExceededError("over", status=403)
+    r = await rig(_Client([over, over]), [Asset("1"), Asset("2")])
+    outcomes = await asyncio.gather(*(r.acquirer.acquire(record) for record in r.records))
+    reason = "download limit reached for (default product) (HTTP 403); run again when it resets"
+    assert [(o.status, o.error) for o in outcomes if isinstance(o, Outcome)] == [
+        (Status.WAITING_FOR_QUOTA, reason)
+    ] * 2
+    assert r.client.posts == ["1", "2"]
+    assert _untimed(r.events) == [QuotaReached(t=0.0, product_type=None, reason=reason)]
+    assert (await r.state(r.records[1])).state is AssetState.WAITING_FOR_QUOTA
+
+
+def _untimed(events: list[Event]) -> list[Event]:
+    """The events with their timestamps zeroed, to compare them whole."""
+    return [dataclasses.replace(e, t=0.0) for e in events]
+
+
+async def test_a_shared_budget_spent_before_the_post_sends_nothing(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared ledger refuses the intent (its budget is spent): no POST, the slot is back."""
+    r = await rig(_Client([_grant()]), limit=1)
+
+    def refuse(key: str) -> None:
+        raise QuotaExceededError("shared budget spent", status=403, code="LedgerBudget")
+
+    monkeypatch.setattr(r.journal.journal, "record_intent", refuse)
+    outcome = await r.acquirer.acquire(r.records[0])
+    assert isinstance(outcome, Outcome) and outcome.status is Status.WAITING_FOR_QUOTA
+    assert "LedgerBudget" in (outcome.error or "")
+    assert r.client.posts == []
+    assert r.acquirer.budget.used == 0
+
+
+async def test_an_in_doubt_post_found_in_the_history_is_never_sent_again(rig: Rig) -> None:
+    """The answer was lost and the history shows the spend: counted, the URI is lost, the
+    asset fails with the --reacquire-expired advice, and the cap slot stays used."""
+    r = await rig(_Client([LOST, _grant()], history=[_spend()]), limit=1, attempts=5)
+    [record] = r.records
+    outcome = await r.acquirer.acquire(record)
+    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
+    assert "--reacquire-expired" in (outcome.error or "")
+    assert "the answer was lost" in (outcome.error or "")
+    assert r.client.posts == ["1"]
+    assert r.client.asked == [("image", "1")]
+    saved = await r.state(record)
+    assert (saved.state, saved.spends, saved.error) == (AssetState.FAILED, 1, outcome.error)
+    assert r.acquirer.spends == 1
+    assert r.acquirer.budget.used == 1
+
+
+async def test_an_in_doubt_post_absent_from_the_history_is_bought_again(rig: Rig) -> None:
+    """History proves the lost POST spent nothing: the slot comes back and the retry buys."""
+    r = await rig(_Client([LOST, _grant()], history=[]), limit=1, attempts=2)
+    [record] = r.records
+    assert await r.acquirer.acquire(record) == _grant()
+    assert r.client.posts == ["1", "1"]
+    saved = await r.state(record)
+    assert (saved.state, saved.spends) == (AssetState.ACQUIRED, 1)
+    assert r.acquirer.spends == 1
+    assert r.clock.slept == [1.0]
+
+
+async def test_an_in_doubt_post_cleared_by_the_history_is_left_pending(rig: Rig) -> None:
+    """With no try left, a doubt the history cleared fails this run's row but leaves the
+    asset pending in the journal (not counted) for the next run, and its cap slot free."""
+    r = await rig(_Client([LOST], history=[]), limit=1, attempts=1)
+    [record] = r.records
+    outcome = await r.acquirer.acquire(record)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.error) == (Status.FAILED, "the answer was lost")
+    saved = await r.state(record)
+    assert (saved.state, saved.spends, saved.error) == (AssetState.PENDING, 0, None)
+    assert (r.acquirer.spends, r.acquirer.budget.used) == (0, 0)
+
+
+async def test_an_in_doubt_post_whose_history_check_fails_stays_in_doubt(rig: Rig) -> None:
+    """The history cannot be read: the asset fails as "in doubt", is not bought again in
+    this run, and its cap slot stays used (it may have been charged)."""
+    broken = ServerError("history down", status=503)
+    r = await rig(_Client([LOST, _grant()], history=broken), limit=1, attempts=5)
+    [record] = r.records
+    outcome = await r.acquirer.acquire(record)
+    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
+    assert outcome.error == (
+        "in doubt: the download request failed (the answer was lost) and the download "
+        "history could not be checked (history down); run again to resolve it"
+    )
+    assert r.client.posts == ["1"]
+    saved = await r.state(record)
+    assert (saved.state, saved.spends) == (AssetState.IN_DOUBT, 0)
+    assert saved.error == "in doubt: the answer was lost"
+    assert (r.acquirer.spends, r.acquirer.budget.used) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("entry", "spent"),
+    [
+        (_spend(product="editorialsubscription"), True),
+        (_spend(product=None), True),  # the history does not name it: count it as ours
+        (_spend(product="royaltyfreesubscription"), False),  # another product's download
+        (_spend(ago=200.0), True),  # within HISTORY_SKEW of the intent: clocks differ
+        (_spend(ago=acquire.HISTORY_SKEW + 300.0), False),  # an older purchase
+        (_spend(date="not a date"), True),  # unreadable: assume ours, never re-spend
+    ],
+    ids=["same-product", "no-product", "other-product", "skewed", "older", "unreadable-date"],
+)
+async def test_which_history_entries_count_as_the_lost_post(
+    rig: Rig, entry: HistoryItem, spent: bool
+) -> None:
+    r = await rig(
+        _Client([LOST, _grant()], history=[entry]),
+        [Asset("1", product_type="editorialsubscription")],
+        attempts=2,
+    )
+    outcome = await r.acquirer.acquire(r.records[0])
+    assert isinstance(outcome, Outcome) is spent
+    assert len(r.client.posts) == (1 if spent else 2)
+
+
+async def test_history_of_any_product_counts_for_an_asset_without_one(rig: Rig) -> None:
+    r = await rig(_Client([LOST], history=[_spend(product="premiumaccess")]), attempts=2)
+    outcome = await r.acquirer.acquire(r.records[0])
+    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
+    assert r.client.posts == ["1"]
+
+
+async def test_resolve_doubt_counts_a_crashed_runs_spend_found_in_the_history(rig: Rig) -> None:
+    """An intent left by a crash, and the history shows the spend: counted, failed with the
+    --reacquire-expired advice, never bought again."""
+    r = await rig(_Client([], history=[_spend()]))
+    record = await _crashed_intent(r)
+    assert await r.acquirer.resolve_doubt(record) is True
+    saved = await r.state(record)
+    assert (saved.state, saved.spends) == (AssetState.FAILED, 1)
+    assert saved.error == (
+        "an earlier run's download was charged but its URI was lost; "
+        "run again with --reacquire-expired to spend another download on it"
+    )
+    assert r.client.asked == [("image", "1")]
+    assert r.client.posts == []
+
+
+async def test_resolve_doubt_clears_a_crashed_intent_absent_from_the_history(rig: Rig) -> None:
+    r = await rig(_Client([], history=[_spend(ago=acquire.HISTORY_SKEW + 600.0)]))
+    record = await _crashed_intent(r)
+    assert await r.acquirer.resolve_doubt(record) is False
+    saved = await r.state(record)
+    assert (saved.state, saved.spends, saved.error) == (AssetState.PENDING, 0, None)
+
+
+async def test_resolve_doubt_propagates_a_history_failure_and_keeps_the_intent(rig: Rig) -> None:
+    r = await rig(_Client([], history=ServerError("history down", status=503)))
+    record = await _crashed_intent(r)
+    with pytest.raises(ServerError):
+        await r.acquirer.resolve_doubt(record)
+    assert (await r.state(record)).state is AssetState.INTENT
+
+
+async def _crashed_intent(r: _Rig) -> Record:
+    """The asset as a crashed run left it: intent committed, no answer recorded."""
+    key = r.records[0].key
+    await r.journal.call(r.journal.journal.record_intent, key)
+    record = await r.state(r.records[0])
+    assert record.state is AssetState.INTENT and record.intent_at is not None
+    return record

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.utils
 import random
+import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -48,6 +50,19 @@ def test_seeded_rng_gives_reproducible_delays() -> None:
     assert [a.delay(n) for n in range(1, 6)] == [b.delay(n) for n in range(1, 6)]
 
 
+def test_a_drawn_jitter_outside_zero_to_one_is_clamped() -> None:
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=8.0)
+    assert policy.delay(3, rand=1.5) == 4.0
+    assert policy.delay(3, rand=-0.5) == 0.0
+
+
+def test_backoff_exponent_is_bounded_so_a_huge_attempt_cannot_overflow() -> None:
+    """2.0**attempt overflows a float past ~1024; the exponent stops at 64."""
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=float("inf"), jitter=False)
+    assert policy.delay(65) == 2.0**64
+    assert policy.delay(100_000) == 2.0**64
+
+
 def test_retry_after_overrides_backoff_and_is_clamped() -> None:
     policy = RetryPolicy(retry_after_max=300.0)
     assert policy.delay(1, retry_after=12.0) == 12.0
@@ -73,6 +88,31 @@ def test_parse_retry_after_http_date_in_the_past_is_zero_and_far_future_clamped(
     assert policy.parse_retry_after(email.utils.formatdate(NOW - 60, usegmt=True), NOW) == 0.0
     far = email.utils.formatdate(NOW + 86_400, usegmt=True)
     assert policy.parse_retry_after(far, NOW) == 300.0
+
+
+def test_parse_retry_after_http_date_keeps_its_own_offset() -> None:
+    """A date stamped +0900 is nine hours ahead of the same clock reading in UTC."""
+    value = email.utils.format_datetime(
+        datetime.fromtimestamp(NOW + 90, timezone(timedelta(hours=9)))
+    )
+    assert value.endswith("+0900")
+    assert RetryPolicy().parse_retry_after(value, NOW) == pytest.approx(90.0)
+
+
+def test_parse_retry_after_http_date_without_a_zone_is_read_as_utc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP dates are GMT: a date whose zone is missing ("-0000") is not local time, even on
+    a machine east of UTC, where reading it as local would wait nine hours less (or not at all)."""
+    value = email.utils.formatdate(NOW + 90)  # "... -0000": no zone information
+    assert value.endswith("-0000")
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert RetryPolicy().parse_retry_after(value, NOW) == pytest.approx(90.0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @pytest.mark.parametrize("value", ["", "soon", "-5", "1.5e3", "Mon, 99 Foo 2020"])
@@ -120,6 +160,23 @@ def test_reads_are_retried_on_retryable_errors(error: BulkGettyError) -> None:
 )
 def test_permanent_errors_are_not_retried(error: BulkGettyError) -> None:
     assert not RetryPolicy().should_retry(error, 1, is_spending_post=False)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServerError("not implemented", status=501),
+        ServerError("version not supported", status=505),
+        NotFoundError("gone", status=404),
+        ReadError("lost"),
+    ],
+)
+def test_spending_post_is_not_retried_on_an_answer_outside_the_retry_list(
+    error: BulkGettyError,
+) -> None:
+    """A 501 to a download POST is not "throttled" nor "transient": the server may have
+    done the work, so only the history can say whether it spent; never send it again."""
+    assert not RetryPolicy().should_retry(error, 1, is_spending_post=True)
 
 
 def test_attempts_bound_the_retries() -> None:
@@ -180,6 +237,28 @@ async def test_with_retries_raises_spent_error_at_once_on_a_spending_post() -> N
     with pytest.raises(ServerError) as caught:
         await with_retries(RetryPolicy(), fn, is_spending_post=True, sleep=sleep)
     assert caught.value.may_have_spent
+    assert calls == 1
+
+
+async def test_with_retries_treats_a_call_as_a_read_unless_told_it_spends() -> None:
+    """A lost answer is retried for a read (the default) but raised at once for a POST
+    that spends: the same error, two decisions."""
+    calls = 0
+
+    async def fn() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ReadError("lost")
+        return "ok"
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    assert await with_retries(RetryPolicy(), fn, sleep=sleep) == "ok"
+    calls = 0
+    with pytest.raises(ReadError):
+        await with_retries(RetryPolicy(), fn, is_spending_post=True, sleep=sleep)
     assert calls == 1
 
 

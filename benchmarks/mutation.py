@@ -1,0 +1,120 @@
+"""`python -m benchmarks.mutation MODULE`: mutation-test one module against its own test file.
+
+Why one module against one file: a test file should prove what its module does; a mutant
+killed only by some distant end-to-end test is a behaviour nobody checks on purpose. So
+`bulkgetty/MODULE.py` is mutated and only `tests/test_MODULE.py` may kill its mutants.
+
+Why a script and not plain `mutmut run`: mutmut 3 reads one configuration (pyproject's
+`[tool.mutmut]`, shared by every module) and has no option to choose the module or the test
+file, so this sets those two fields on that configuration and runs mutmut in-process. It
+starts from an empty `mutants/` (git-ignored) each time, because mutmut trusts a copied file's
+mtime and would not mutate a module that an earlier run only copied. One mutmut child by
+default: the machines this runs on are shared. Never part of CI (minutes per module).
+
+The score printed is (killed + timeout + caught by the type check) / all mutants. Survivors
+are listed with their diff; "message" marks a survivor whose only change is inside a string
+literal (the wording of an error or a reason), which the project's >= 90% target sets aside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tokenize
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KILLED = frozenset({"killed", "timeout", "caught by type check", "segfault"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mutation", description=__doc__)
+    parser.add_argument("module", help="a module of bulkgetty, e.g. retry (bulkgetty/retry.py)")
+    parser.add_argument("--max-children", type=int, default=1, help="mutmut workers (default 1)")
+    parser.add_argument("--quiet", action="store_true", help="list survivors without their diff")
+    args = parser.parse_args(argv)
+    source = Path("bulkgetty") / f"{args.module}.py"
+    tests = Path("tests") / f"test_{args.module}.py"
+    os.chdir(ROOT)
+    for path in (source, tests):
+        if not path.is_file():
+            parser.error(f"{path} does not exist")
+    shutil.rmtree("mutants", ignore_errors=True)
+    _run_mutmut(source, tests, args.max_children)
+    return _report(source, tests, show_diffs=not args.quiet)
+
+
+def _run_mutmut(source: Path, tests: Path, max_children: int) -> None:
+    from mutmut.__main__ import _run
+    from mutmut.configuration import config
+
+    cfg = config()
+    cfg.only_mutate = [str(source)]
+    cfg.pytest_add_cli_args_test_selection = [str(tests)]
+    try:
+        _run((), max_children)
+    except SystemExit as exc:  # mutmut exits on a failing clean run; say so, keep the code
+        if exc.code not in (0, None):
+            raise
+
+
+def _report(source: Path, tests: Path, *, show_diffs: bool) -> int:
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
+    data = SourceFileMutationData(path=source)
+    data.load()
+    statuses = {name: status_by_exit_code[code] for name, code in data.exit_code_by_key.items()}
+    total = len(statuses)
+    killed = sum(status in KILLED for status in statuses.values())
+    survivors = sorted(name for name, status in statuses.items() if status not in KILLED)
+    diffs = {name: get_diff_for_mutant(name, path=source) for name in survivors}
+    messages = [name for name in survivors if _only_strings_changed(diffs[name])]
+    print()
+    for name in survivors:
+        tag = " (message)" if name in messages else ""
+        print(f"{statuses[name]}{tag}: {name}")
+        if show_diffs:
+            print("    " + "\n    ".join(diffs[name].splitlines()[2:]))
+    print()
+    print(f"{source} against {tests}: {killed}/{total} mutants killed, {_pct(killed, total)}")
+    rest = total - len(messages)
+    print(f"  message-string mutants aside: {killed}/{rest}, {_pct(killed, rest)}")
+    return 0
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "n/a (no mutants)"
+
+
+def _only_strings_changed(diff: str) -> bool:
+    """True when the removed and added lines differ only inside string literals."""
+    lines = diff.splitlines()[2:]
+    before = [line[1:] for line in lines if line.startswith("-")]
+    after = [line[1:] for line in lines if line.startswith("+")]
+    if not before or not after:
+        return False
+    return before != after and _code_tokens(before) == _code_tokens(after)
+
+
+def _code_tokens(lines: list[str]) -> list[str]:
+    """The tokens of `lines` with every string literal replaced by one placeholder.
+
+    The lines of a diff may cut a statement in two; the tokens read before the cut count.
+    """
+    text = "\n".join(line.strip() for line in lines) + "\n"
+    tokens: list[str] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            tokens.append("STR" if tok.type == tokenize.STRING else tok.string)
+    except (tokenize.TokenError, SyntaxError):
+        tokens.append("<cut>")
+    return tokens
+
+
+if __name__ == "__main__":
+    sys.exit(main())
