@@ -172,7 +172,9 @@ class Downloader:
             return await AsyncJournal.open(Path(self.out.path))
         from .ledger import AsyncLedger  # psycopg is an optional extra
 
-        return await AsyncLedger.open(self.options.ledger, Path(self.out.path))
+        return await AsyncLedger.open(
+            self.options.ledger, Path(self.out.path), settle=self.options.history_settle
+        )
 
     async def _open_limiter(self) -> RateLimiter:
         """This process's API rate, or with `ledger` the rate all workers share."""

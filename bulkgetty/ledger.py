@@ -4,10 +4,11 @@ The same acquisition states as the SQLite journal (intent, in doubt, acquired wi
 expiry, done, failed), so in-doubt handling is the acquirer's, unchanged. What PostgreSQL adds:
 
 Claims. A worker takes a batch of unfinished assets with `SELECT ... FOR UPDATE SKIP LOCKED`
-and stamps them with its backend's pid and start time. A claim is held for as long as that
-database connection lives; it is taken over only when the server no longer has that backend
-(`pg_stat_activity`), i.e. the worker's process or machine is gone, never because it went
-quiet: a slow worker is still mid-purchase, and taking its asset would be a double spend.
+and stamps them with its id in `bulkgetty_workers`, whose lease it renews in the background
+(ledger_lease.py). A claim lives as long as that lease: a dropped connection is opened again
+and the worker carries on; a worker that is gone loses its claims when its lease lapses (its
+POSTs in doubt only after the history settle time on top), never because it went quiet: a
+slow worker is still mid-purchase, and taking its asset would be a double spend.
 
 Budget. One row holds the team's remaining downloads, with `CHECK (remaining >= 0)`. The
 transaction that records an asset's intent (the last step before its POST) decrements it and
@@ -15,9 +16,8 @@ verifies the claim; when the budget is spent the CHECK fails and the POST never 
 download is given back in the same transaction that proves nothing was spent (refused, cleared
 doubt), and kept when the POST spent or may have spent.
 
-Rate. `SharedRateLimiter` hands out the API key's query slots from one row: each request
-reserves the next slot (`next_slot = greatest(next_slot, now) + 1/rate`, in the database's
-clock) and sleeps until it, so all workers together keep to the key's rate.
+Rate. `SharedRateLimiter` (ledger_rate.py) hands out the API key's query slots from one row,
+so all workers together keep to the key's rate.
 
 psycopg 3 is an optional extra: `pip install 'bulkgetty[postgres]'`.
 """
@@ -47,9 +47,19 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from .assets import Asset
-from .errors import JournalError, QuotaExceededError, UsageError
+from .config import HISTORY_SETTLE
+from .errors import JournalError, QuotaExceededError
 from .journal import STATE_DIR, AssetState, Record, RunTotals, StagedWrites
-from .ratelimit import RateLimiter
+from .ledger_init import LEASE_META, SCHEMA, asset_json, init_ledger
+from .ledger_lease import (
+    LEASE,
+    RENEWALS_PER_LEASE,
+    Link,
+    WorkerLease,
+    lapsed_workers,
+    reconnecting,
+)
+from .ledger_rate import SharedRateLimiter
 
 __all__ = (
     "SCHEMA",
@@ -66,72 +76,16 @@ P = ParamSpec("P")
 
 #: Assets claimed per round trip.
 CLAIM_BATCH: Final = 200
-
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS bulkgetty_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS bulkgetty_budget (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    remaining BIGINT NOT NULL CHECK (remaining >= 0),
-    spent BIGINT NOT NULL DEFAULT 0,
-    seeded DOUBLE PRECISION NOT NULL
-);
-CREATE TABLE IF NOT EXISTS bulkgetty_rate (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    rate DOUBLE PRECISION CHECK (rate > 0),
-    next_slot DOUBLE PRECISION NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS bulkgetty_runs (
-    id BIGSERIAL PRIMARY KEY,
-    started DOUBLE PRECISION NOT NULL,
-    finished DOUBLE PRECISION,
-    manifest TEXT NOT NULL,
-    worker TEXT NOT NULL,
-    spends INTEGER NOT NULL DEFAULT 0,
-    exit_code INTEGER
-);
-CREATE TABLE IF NOT EXISTS bulkgetty_assets (
-    key TEXT PRIMARY KEY,
-    asset BYTEA NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'intent', 'in_doubt', 'acquired', 'done',
-                                         'failed', 'waiting_for_quota')),
-    uri TEXT,
-    uri_expires DOUBLE PRECISION,
-    transfer BYTEA,
-    path TEXT,
-    bytes BIGINT,
-    sha256 TEXT,
-    error TEXT,
-    spends INTEGER NOT NULL DEFAULT 0 CHECK (spends >= 0),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    intent_at DOUBLE PRECISION,
-    acquired_at DOUBLE PRECISION,
-    done_at DOUBLE PRECISION,
-    -- one download of the budget is reserved for this asset's POST in flight or in doubt
-    holds_budget BOOLEAN NOT NULL DEFAULT false,
-    claimed_pid INTEGER,
-    claimed_since TIMESTAMPTZ,
-    -- host:/folder whose .part files the transfer state refers to
-    out_dir TEXT,
-    run_id BIGINT,
-    updated DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS bulkgetty_assets_open ON bulkgetty_assets (key) WHERE state <> 'done';
-"""
+#: Least pause before asking again for a lapsed worker's download in doubt.
+TAKEOVER_POLL: Final = 0.2
 
 _COLUMNS = (
     "key, asset, state, uri, uri_expires, transfer, path, bytes, sha256, error, spends, "
     "attempts, intent_at, acquired_at"
 )
 
-#: A claim is dead when no backend with that pid and start time exists any more.
-_CLAIM_DEAD = (
-    "(a.claimed_pid IS NULL OR NOT EXISTS (SELECT 1 FROM pg_stat_activity s "
-    "WHERE s.pid = a.claimed_pid AND s.backend_start = a.claimed_since))"
-)
-
-
-def _asset_to_json(asset: Asset) -> bytes:
-    return orjson.dumps({k: getattr(asset, k) for k in Asset.__slots__ if getattr(asset, k)})
+#: States whose POST may have spent: another worker takes them only after the settle time.
+_OPEN_POST = "('intent', 'in_doubt')"
 
 
 def _record(row: Sequence[Any]) -> Record:
@@ -151,31 +105,6 @@ def _record(row: Sequence[Any]) -> Record:
         intent_at=row[12],
         acquired_at=row[13],
     )
-
-
-def _connect(dsn: str) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(dsn, autocommit=True, application_name="bulkgetty")
-    except psycopg.Error as exc:
-        raise JournalError(f"cannot connect to the ledger: {_pg_message(exc)}") from None
-
-
-def _pg_message(exc: BaseException) -> str:
-    """First line of a driver error; the DSN (and any password in it) never appears."""
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _pg_errors(fn: Callable[P, T]) -> Callable[P, T]:
-    """Database failures become JournalError: one line, no traceback, no DSN."""
-
-    @functools.wraps(fn)
-    def wrapped(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except psycopg.Error as exc:
-            raise JournalError(f"ledger: {_pg_message(exc)}") from exc
-
-    return wrapped
 
 
 def _lock_folder(out_dir: Path) -> int:
@@ -206,107 +135,87 @@ class LedgerBudget:
         self.spent = spent
 
 
-def init_ledger(
-    dsn: str,
-    assets: Iterable[Asset],
-    *,
-    downloads_remaining: int,
-    api_rate: float | None,
-    reseed: bool = False,
-) -> tuple[int, int]:
-    """Create the tables, load the manifest's rows and seed the budget and the shared rate.
-
-    Loading again adds only new rows. The budget is seeded once; `reseed` sets it again (the
-    account's quota was reset) and never counts downloads reserved by POSTs in flight twice.
-    Returns (rows added, remaining budget).
-    """
-    if downloads_remaining < 0:
-        raise UsageError(f"downloads remaining must be 0 or more, got {downloads_remaining}")
-    db = _connect(dsn)
-    try:
-        with db.transaction():
-            db.execute(SCHEMA)
-        added = _load(db, assets)
-        with db.transaction():
-            held = db.execute("SELECT count(*) FROM bulkgetty_assets WHERE holds_budget").fetchone()
-            in_flight = int(held[0]) if held else 0
-            seed = max(0, downloads_remaining - in_flight)
-            if reseed:
-                db.execute(
-                    "INSERT INTO bulkgetty_budget (id, remaining, seeded) VALUES (1, %s, %s) "
-                    "ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining, "
-                    "seeded = excluded.seeded",
-                    (seed, time.time()),
-                )
-            else:
-                db.execute(
-                    "INSERT INTO bulkgetty_budget (id, remaining, seeded) VALUES (1, %s, %s) "
-                    "ON CONFLICT (id) DO NOTHING",
-                    (seed, time.time()),
-                )
-            db.execute(
-                "INSERT INTO bulkgetty_rate (id, rate) VALUES (1, %s) "
-                "ON CONFLICT (id) DO UPDATE SET rate = excluded.rate",
-                (api_rate,),
-            )
-            row = db.execute("SELECT remaining FROM bulkgetty_budget WHERE id = 1").fetchone()
-        return added, int(row[0]) if row else 0
-    except psycopg.Error as exc:
-        raise JournalError(f"ledger: {_pg_message(exc)}") from None
-    finally:
-        db.close()
-
-
-def _load(db: psycopg.Connection[Any], assets: Iterable[Asset]) -> int:
-    """COPY the rows into a temporary table, then add the new ones: fast for millions."""
-    now = time.time()
-    with db.transaction():
-        db.execute("CREATE TEMP TABLE bulkgetty_load (key TEXT, asset BYTEA) ON COMMIT DROP")
-        with db.cursor() as cur, cur.copy("COPY bulkgetty_load (key, asset) FROM STDIN") as copy:
-            for asset in assets:
-                copy.write_row((asset.key, _asset_to_json(asset)))
-        cur2 = db.execute(
-            "INSERT INTO bulkgetty_assets (key, asset, state, updated) "
-            "SELECT DISTINCT ON (key) key, asset, 'pending', %s FROM bulkgetty_load "
-            "ON CONFLICT (key) DO NOTHING",
-            (now,),
-        )
-        return cur2.rowcount
-
-
 class Ledger:
     """One worker's connection to the ledger; use it from one thread (AsyncLedger does).
 
-    The connection is the worker's identity: its claims live exactly as long as it does.
+    The worker's identity is its row in `bulkgetty_workers` (`lease.id`), not its connection:
+    a connection that breaks is opened again and every method run again (`reconnecting`), so
+    each is one transaction that is safe to repeat. `worker=False` only reads (status,
+    report) and holds no claims. `settle` is this worker's history settle time: the wait, on
+    top of a lapsed lease, before it takes over another worker's POST in doubt.
     """
 
-    def __init__(self, dsn: str, out_dir: Path, *, lock: bool = True) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        out_dir: Path,
+        *,
+        lock: bool = True,
+        worker: bool = True,
+        settle: float = HISTORY_SETTLE,
+    ) -> None:
         self._lock_fd = _lock_folder(out_dir) if lock else None
         try:
-            self._db = _connect(dsn)
+            self.link = Link(dsn)
         except BaseException:
             self._unlock()
             raise
         self.out_dir = f"{socket.gethostname()}:{out_dir.resolve()}"
+        self.settle = settle
+        self.lease: WorkerLease | None = None
         try:
-            row = self._db.execute(
-                "SELECT pid, backend_start, to_regclass('bulkgetty_assets') IS NOT NULL "
-                "FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-            ).fetchone()
-        except psycopg.Error as exc:
+            seconds = self._check_tables()
+            self.link.patience = seconds
+            self.lease = WorkerLease(self.link, seconds, self.out_dir) if worker else None
+        except BaseException:
             self.close()
-            raise JournalError(f"ledger: {_pg_message(exc)}") from None
-        if row is None or not row[2]:
-            self.close()
+            raise
+
+    @reconnecting
+    def _check_tables(self) -> float:
+        """The lease the team's ledger sets, once its tables are known to be there."""
+        row = self._db.execute(
+            "SELECT to_regclass('bulkgetty_assets') IS NOT NULL, "
+            "to_regclass('bulkgetty_workers') IS NOT NULL"
+        ).fetchone()
+        if row is None or not row[0]:
             raise JournalError(
                 "the ledger has no bulkgetty tables: run `bulkgetty ledger init MANIFEST` first"
             )
-        self.pid: int = row[0]
-        self.since: Any = row[1]
+        if not row[1]:
+            raise JournalError(
+                "the ledger was made by an older bulkgetty: run `bulkgetty ledger init MANIFEST` "
+                "again to upgrade its tables (stop the old workers first)"
+            )
+        meta = self._db.execute(
+            "SELECT value FROM bulkgetty_meta WHERE name = %s", (LEASE_META,)
+        ).fetchone()
+        return float(meta[0]) if meta else LEASE
+
+    @property
+    def _db(self) -> psycopg.Connection[Any]:
+        return self.link.db
+
+    @property
+    def me(self) -> int:
+        if self.lease is None:
+            raise JournalError("ledger: opened for reading only, it holds no claims")
+        return self.lease.id
+
+    def renew(self) -> None:
+        """Extend this worker's lease (AsyncLedger calls it in the background)."""
+        if self.lease is not None:
+            self.lease.renew()
 
     def close(self) -> None:
-        self._db.close()
-        self._unlock()
+        try:
+            if self.lease is not None and not self.link.broken():
+                self.lease.release()
+        except psycopg.Error:
+            pass  # the lease lapses by itself
+        finally:
+            self.link.close()
+            self._unlock()
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -320,35 +229,57 @@ class Ledger:
 
     # claims ----------------------------------------------------------------------------
 
-    @_pg_errors
+    @reconnecting
     def claim(self, limit: int = CLAIM_BATCH) -> list[Record]:
         """Take up to `limit` unfinished assets no live worker holds; keep them until we exit.
 
         Assets already held stay ours, so one run passes over each asset once. A transfer
-        state recorded by another folder is dropped: its `.part` is not here.
+        state recorded by another folder is dropped: its `.part` is not here. An asset of a
+        worker whose lease lapsed is free, unless its POST may have spent and the lease
+        lapsed less than our settle time ago.
         """
         with self._tx() as db:
+            lapsed, settled = lapsed_workers(db, self.me, self.settle)
             rows = db.execute(
-                f"UPDATE bulkgetty_assets AS t SET claimed_pid = %(pid)s, "
-                f"claimed_since = %(since)s, "
+                f"UPDATE bulkgetty_assets AS t SET claimed_by = %(me)s, "
                 f"transfer = CASE WHEN t.out_dir = %(out)s THEN t.transfer END, "
                 f"out_dir = %(out)s "
-                f"FROM (SELECT a.key, a.claimed_pid, a.claimed_since FROM bulkgetty_assets a "
-                f"WHERE a.state <> 'done' AND {_CLAIM_DEAD} "
+                f"FROM (SELECT a.key, a.claimed_by FROM bulkgetty_assets a "
+                f"WHERE a.state <> 'done' AND (a.claimed_by IS NULL "
+                f"OR a.claimed_by = ANY(%(settled)s) OR (a.claimed_by = ANY(%(lapsed)s) "
+                f"AND a.state NOT IN {_OPEN_POST})) "
                 f"ORDER BY a.key LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS c "
                 # Compare-and-set: rechecked on the newest row version, so a claim another
                 # worker committed after our snapshot is never overwritten.
                 f"WHERE t.key = c.key AND t.state <> 'done' "
-                f"AND t.claimed_pid IS NOT DISTINCT FROM c.claimed_pid "
-                f"AND t.claimed_since IS NOT DISTINCT FROM c.claimed_since "
+                f"AND t.claimed_by IS NOT DISTINCT FROM c.claimed_by "
                 f"RETURNING {', '.join('t.' + c.strip() for c in _COLUMNS.split(','))}",
-                {"pid": self.pid, "since": self.since, "out": self.out_dir, "limit": limit},
+                {
+                    "me": self.me,
+                    "out": self.out_dir,
+                    "limit": limit,
+                    "lapsed": lapsed,
+                    "settled": settled,
+                },
             ).fetchall()
         return sorted((_record(r) for r in rows), key=lambda r: r.key)
 
+    @reconnecting
+    def next_takeover(self) -> float | None:
+        """Seconds until a lapsed worker's POST in doubt may be taken over; None if no
+        unfinished asset waits on a lapsed lease (the rest are free or held by live workers)."""
+        row = self._db.execute(
+            "SELECT extract(epoch FROM min(w.lease_until) + make_interval(secs => %(settle)s) "
+            "- now()) FROM bulkgetty_workers w WHERE w.id <> %(me)s AND w.lease_until < now() "
+            "AND EXISTS (SELECT 1 FROM bulkgetty_assets a WHERE a.claimed_by = w.id "
+            f"AND a.state IN {_OPEN_POST})",
+            {"me": self.me, "settle": self.settle},
+        ).fetchone()
+        return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
     # runs and meta ---------------------------------------------------------------------
 
-    @_pg_errors
+    @reconnecting
     def begin_run(self, manifest: str) -> int:
         with self._tx() as db:
             row = db.execute(
@@ -359,19 +290,19 @@ class Ledger:
         assert row is not None
         return int(row[0])
 
-    @_pg_errors
+    @reconnecting
     def finish_run(self, run_id: int, *, spends: int, exit_code: int) -> None:
         self._db.execute(
             "UPDATE bulkgetty_runs SET finished = %s, spends = %s, exit_code = %s WHERE id = %s",
             (time.time(), spends, exit_code, run_id),
         )
 
-    @_pg_errors
+    @reconnecting
     def read_meta(self) -> dict[str, str]:
         rows = self._db.execute("SELECT name, value FROM bulkgetty_meta").fetchall()
         return {name: value for name, value in rows}
 
-    @_pg_errors
+    @reconnecting
     def bind_meta(self, meta: Mapping[str, str]) -> None:
         """As `Journal.bind_meta`: the first writer records, later ones must match."""
         with self._tx() as db:
@@ -386,14 +317,14 @@ class Ledger:
                 if row is not None and row[0] != value:
                     raise JournalError(f"the ledger was set up with {name} {row[0]}, not {value}")
 
-    @_pg_errors
+    @reconnecting
     def budget(self) -> LedgerBudget:
         row = self._db.execute("SELECT remaining, spent FROM bulkgetty_budget").fetchone()
         return LedgerBudget(int(row[0]), int(row[1])) if row else LedgerBudget(0, 0)
 
     # assets ----------------------------------------------------------------------------
 
-    @_pg_errors
+    @reconnecting
     def upsert(self, assets: Iterable[Asset], run_id: int) -> list[Record]:
         """Mark our claimed assets as this run's and return them; rows not in the ledger are
         added and claimed. An asset held by another live worker is refused, never shared."""
@@ -403,18 +334,15 @@ class Ledger:
         with self._tx() as db:
             with db.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO bulkgetty_assets (key, asset, state, updated, claimed_pid, "
-                    "claimed_since, out_dir) VALUES (%s, %s, 'pending', %s, %s, %s, %s) "
+                    "INSERT INTO bulkgetty_assets (key, asset, state, updated, claimed_by, "
+                    "out_dir) VALUES (%s, %s, 'pending', %s, %s, %s) "
                     "ON CONFLICT (key) DO NOTHING",
-                    [
-                        (a.key, _asset_to_json(a), now, self.pid, self.since, self.out_dir)
-                        for a in batch
-                    ],
+                    [(a.key, asset_json(a), now, self.me, self.out_dir) for a in batch],
                 )
             rows = db.execute(
                 f"UPDATE bulkgetty_assets SET run_id = %s WHERE key = ANY(%s) "
-                f"AND claimed_pid = %s AND claimed_since = %s RETURNING {_COLUMNS}",
-                (run_id, keys, self.pid, self.since),
+                f"AND claimed_by = %s RETURNING {_COLUMNS}",
+                (run_id, keys, self.me),
             ).fetchall()
         found = {r.key: r for r in map(_record, rows)}
         lost = [k for k in keys if k not in found]
@@ -423,14 +351,22 @@ class Ledger:
         return [found[k] for k in keys]
 
     def _take_budget(self, db: psycopg.Connection[Any], key: str) -> None:
-        """Reserve one download for this asset's POST, or refuse when the budget is spent."""
+        """Reserve one download for this asset's POST, or refuse when the budget is spent.
+
+        The claim is checked on the locked row after our lease was extended in the same
+        transaction (which waits for a claimer taking our assets after a lapse): an asset
+        another worker took over is refused here, before anything is sent.
+        """
         row = db.execute(
-            "SELECT holds_budget FROM bulkgetty_assets WHERE key = %s AND claimed_pid = %s "
-            "AND claimed_since = %s FOR UPDATE",
-            (key, self.pid, self.since),
+            "SELECT holds_budget FROM bulkgetty_assets WHERE key = %s AND claimed_by = %s "
+            "FOR UPDATE",
+            (key, self.me),
         ).fetchone()
         if row is None:
-            raise JournalError(f"ledger: this worker no longer holds the claim on {key}")
+            raise JournalError(
+                f"ledger: this worker no longer holds the claim on {key} (another worker took "
+                "it over after this one's lease lapsed); nothing was sent for it"
+            )
         if row[0]:
             return
         try:
@@ -459,10 +395,12 @@ class Ledger:
             (key,),
         )
 
-    @_pg_errors
+    @reconnecting
     def record_intent(self, key: str) -> None:
         """Committed before the POST leaves, with the budget reserved in the same transaction."""
+        assert self.lease is not None
         with self._tx() as db:
+            self.lease.extend(db)
             self._take_budget(db, key)
             self._set(
                 db,
@@ -472,32 +410,58 @@ class Ledger:
                 (time.time(),),
             )
 
-    @_pg_errors
+    @reconnecting
     def record_acquired(self, key: str, uri: str, expires: float) -> None:
+        """A URI that arrived is kept whoever holds the asset now (it was paid for), and the
+        asset is ours again to download. Run again after a commit whose answer was lost, it
+        finds its own URI and counts nothing twice."""
         with self._tx() as db:
+            row = db.execute(
+                "SELECT state, uri FROM bulkgetty_assets WHERE key = %s FOR UPDATE", (key,)
+            ).fetchone()
+            if row is not None and row[1] == uri and row[0] in ("acquired", "done"):
+                return
             self._spent(db, key)
             self._set(
                 db,
                 key,
                 "state = 'acquired', uri = %s, uri_expires = %s, acquired_at = %s, "
-                "spends = spends + 1, transfer = NULL, error = NULL, holds_budget = false",
-                (uri, expires, time.time()),
+                "spends = spends + 1, transfer = NULL, error = NULL, holds_budget = false, "
+                "claimed_by = %s",
+                (uri, expires, time.time(), self.me),
             )
 
-    @_pg_errors
+    @reconnecting
     def record_not_spent(self, key: str, state: AssetState, error: str | None) -> None:
         with self._tx() as db:
             self._give_back(db, key)
             self._set(db, key, "state = %s, error = %s, holds_budget = false", (state.value, error))
 
-    @_pg_errors
+    @reconnecting
     def record_in_doubt(self, key: str, error: str) -> None:
         with self._tx() as db:
             self._set(db, key, "state = 'in_doubt', error = %s", (error,))
 
-    @_pg_errors
+    def _open_post(self, db: psycopg.Connection[Any], key: str) -> bool:
+        """Whether our POST for `key` is still unresolved (False: a repeat of a resolution
+        already committed). Refused when another worker holds the asset now."""
+        row = db.execute(
+            "SELECT state, claimed_by FROM bulkgetty_assets WHERE key = %s FOR UPDATE", (key,)
+        ).fetchone()
+        if row is None:
+            raise JournalError(f"the ledger has no asset {key!r}")
+        if row[1] != self.me:
+            raise JournalError(
+                f"ledger: another worker took over {key} while this one resolved its download "
+                "in doubt; that worker resolves it"
+            )
+        return str(row[0]) in ("intent", "in_doubt")
+
+    @reconnecting
     def record_spent_without_uri(self, key: str, error: str) -> None:
         with self._tx() as db:
+            if not self._open_post(db, key):
+                return
             self._spent(db, key)
             self._set(
                 db,
@@ -507,13 +471,15 @@ class Ledger:
                 (error,),
             )
 
-    @_pg_errors
+    @reconnecting
     def record_cleared_doubt(self, key: str) -> None:
         with self._tx() as db:
+            if not self._open_post(db, key):
+                return
             self._give_back(db, key)
             self._set(db, key, "state = 'pending', error = NULL, holds_budget = false", ())
 
-    @_pg_errors
+    @reconnecting
     def record_done(self, key: str, *, path: str, size: int, sha256: str) -> None:
         with self._tx() as db:
             self._set(
@@ -524,19 +490,19 @@ class Ledger:
                 (path, size, sha256, time.time(), self.out_dir),
             )
 
-    @_pg_errors
+    @reconnecting
     def record_uri_refused(self, key: str, error: str) -> None:
         with self._tx() as db:
             self._set(
                 db, key, "state = 'failed', uri_expires = %s, error = %s", (time.time(), error)
             )
 
-    @_pg_errors
+    @reconnecting
     def record_failed(self, key: str, error: str) -> None:
         with self._tx() as db:
             self._set(db, key, "state = 'failed', error = %s", (error,))
 
-    @_pg_errors
+    @reconnecting
     def record_waiting_many(self, reasons: dict[str, str]) -> None:
         if not reasons:
             return
@@ -549,7 +515,7 @@ class Ledger:
                 [(reason, now, key) for key, reason in reasons.items()],
             )
 
-    @_pg_errors
+    @reconnecting
     def save_progress(self, states: dict[str, bytes]) -> None:
         if not states:
             return
@@ -572,7 +538,7 @@ class Ledger:
 
     # reading ---------------------------------------------------------------------------
 
-    @_pg_errors
+    @reconnecting
     def iter_records(self, run_id: int | None = None, batch: int = 1000) -> Iterator[Record]:
         last = ""
         where = "" if run_id is None else "AND run_id = %s"
@@ -588,7 +554,7 @@ class Ledger:
             yield from map(_record, rows)
             last = rows[-1][0]
 
-    @_pg_errors
+    @reconnecting
     def locations(self) -> dict[str, str]:
         """key -> host:/folder of every finished asset (for the ledger's report)."""
         rows = self._db.execute(
@@ -596,7 +562,7 @@ class Ledger:
         ).fetchall()
         return {k: v for k, v in rows}
 
-    @_pg_errors
+    @reconnecting
     def totals(self, run_id: int | None = None) -> RunTotals:
         where, params = ("", ()) if run_id is None else ("WHERE run_id = %s", (run_id,))
         rows = self._db.execute(
@@ -617,7 +583,7 @@ class Ledger:
             in_doubt=by_state.get("in_doubt", 0) + by_state.get("intent", 0),
         )
 
-    @_pg_errors
+    @reconnecting
     def part_names_in_use(self) -> set[str]:
         rows = self._db.execute(
             "SELECT transfer FROM bulkgetty_assets WHERE state <> 'done' "
@@ -637,22 +603,36 @@ class Ledger:
 
 
 class AsyncLedger(StagedWrites[Ledger]):
-    """The ledger driven from one worker thread, as `journal.AsyncJournal` drives SQLite."""
+    """The ledger driven from one worker thread, as `journal.AsyncJournal` drives SQLite; it
+    renews the worker's lease in the background for as long as it is open."""
 
     def __init__(self, ledger: Ledger, pool: ThreadPoolExecutor) -> None:
         super().__init__(ledger)
         self._pool = pool
+        self._renewing = asyncio.get_running_loop().create_task(self._renew())
 
     @classmethod
-    async def open(cls, dsn: str, out_dir: Path) -> AsyncLedger:
+    async def open(cls, dsn: str, out_dir: Path, *, settle: float = HISTORY_SETTLE) -> AsyncLedger:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkgetty-ledger")
         loop = asyncio.get_running_loop()
+        opening = functools.partial(Ledger, dsn, out_dir, settle=settle)
         try:
-            ledger = await loop.run_in_executor(pool, Ledger, dsn, out_dir)
+            ledger = await loop.run_in_executor(pool, opening)
         except BaseException:
             pool.shutdown(wait=False)
             raise
         return cls(ledger, pool)
+
+    async def _renew(self) -> None:
+        """A renewal that fails (the database out of reach for a whole lease) is left to the
+        next ledger call to report: the claims may be gone, and that call is refused."""
+        lease = self.journal.lease
+        if lease is None:
+            return
+        while True:
+            await asyncio.sleep(lease.seconds / RENEWALS_PER_LEASE)
+            with contextlib.suppress(JournalError):
+                await self.call(self.journal.renew)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """One ledger method on the ledger's thread; a started commit always finishes."""
@@ -661,68 +641,26 @@ class AsyncLedger(StagedWrites[Ledger]):
         return await asyncio.shield(fut)
 
     async def close(self) -> None:
+        self._renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewing
         await self.flush()
         await self.call(self.journal.close)
         self._pool.shutdown(wait=True)
 
 
 async def claimed_rows(ledger: AsyncLedger, batch: int = CLAIM_BATCH) -> AsyncIterator[Asset]:
-    """The run's rows: batches claimed from the ledger until no unheld asset is left."""
+    """The run's rows: batches claimed from the ledger until no asset is left that is free or
+    about to be (a lapsed worker's download in doubt waits out the settle time, a bounded
+    wait); what live workers hold is theirs to finish."""
+    j = ledger.journal
     while True:
-        records = await ledger.call(ledger.journal.claim, batch)
+        records = await ledger.call(j.claim, batch)
         if not records:
-            return
+            wait = await ledger.call(j.next_takeover)
+            if wait is None:
+                return
+            await asyncio.sleep(max(wait, TAKEOVER_POLL))
+            continue
         for record in records:
             yield record.asset
-
-
-class SharedRateLimiter(RateLimiter):
-    """The API key's rate shared by every worker through one row of the ledger.
-
-    Each request reserves the next free slot in the database (its clock, so workers' clocks
-    need not agree) and sleeps until it: slots are `1/rate` apart over all workers. The local
-    part of the limiter still pauses this worker after a 429.
-    """
-
-    def __init__(self, db: psycopg.AsyncConnection[Any], rate: float | None) -> None:
-        super().__init__(None)
-        self._db = db
-        self._shared = rate
-        self._db_lock = asyncio.Lock()
-
-    @classmethod
-    async def open(cls, dsn: str) -> SharedRateLimiter:
-        try:
-            db = await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, application_name="bulkgetty-rate"
-            )
-            cur = await db.execute("SELECT rate FROM bulkgetty_rate WHERE id = 1")
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise JournalError(f"ledger: {_pg_message(exc)}") from None
-        return cls(db, None if row is None else row[0])
-
-    @property
-    def rate(self) -> float | None:
-        return self._shared
-
-    async def acquire(self) -> None:
-        await super().acquire()
-        if self._shared is None:
-            return
-        async with self._db_lock:
-            try:
-                cur = await self._db.execute(
-                    "UPDATE bulkgetty_rate SET next_slot = GREATEST(next_slot, c.now) + 1.0 / rate "
-                    "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) c "
-                    "WHERE id = 1 RETURNING next_slot - 1.0 / rate - c.now"
-                )
-                row = await cur.fetchone()
-            except psycopg.Error as exc:
-                raise JournalError(f"ledger: {_pg_message(exc)}") from None
-        delay = float(row[0]) if row else 0.0
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-    async def close(self) -> None:
-        await self._db.close()

@@ -95,6 +95,13 @@ def add_ledger_arguments(p: argparse.ArgumentParser) -> None:
         f"{DEFAULT_API_RATE:g}; 0: unlimited)",
     )
     init.add_argument("--reseed", action="store_true", help="set the budget again (quota reset)")
+    init.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help="how long a worker's claims outlive its last word to the database (default 60): "
+        "a worker gone longer loses them; one that reconnects sooner carries on",
+    )
     init.add_argument("--product-type", metavar="T", help="for rows that name none")
     init.add_argument(
         "--asset-type", choices=("image", "video"), default="image", help="for rows naming none"
@@ -128,12 +135,13 @@ async def ledger_command(args: argparse.Namespace, env: Mapping[str, str], out: 
             downloads_remaining=remaining,
             api_rate=rate or None,
             reseed=args.reseed,
+            lease=args.lease,
         )
         out.write(f"ledger: {added} assets added; budget {seeded} downloads; rate {rate:g}/s\n")
         return 0
     if args.ledger_command == "status":
         return ledger_status(dsn, env, out)
-    led = ledger.Ledger(dsn, Path.cwd(), lock=False)
+    led = ledger.Ledger(dsn, Path.cwd(), lock=False, worker=False)
     try:
         return _report(led, args.out, _summary(led), out)
     finally:
@@ -144,7 +152,7 @@ def ledger_status(value: str | None, env: Mapping[str, str], out: TextIO) -> int
     """`ledger status` and `status --ledger`: assets per state, spends, the budget (JSON)."""
     from .ledger import Ledger
 
-    led = Ledger(ledger_dsn(value, env), Path.cwd(), lock=False)
+    led = Ledger(ledger_dsn(value, env), Path.cwd(), lock=False, worker=False)
     try:
         summary = _summary(led)
     finally:

@@ -1,8 +1,9 @@
 """The shared PostgreSQL ledger against a real PostgreSQL 15 started on 127.0.0.1.
 
-Claims, the budget row and the shared rate in-process first; then 4-8 worker processes of the
-real CLI against one sandbox (quota, rate limit, spends per asset): every file exact, each
-asset bought once, the budget never below zero, the sandbox never had to answer 429.
+Claims, leases, the budget row and the shared rate in-process first; then 4-8 worker
+processes of the real CLI against one sandbox (quota, rate limit, spends per asset): every
+file exact, each asset bought once, the budget never below zero, the sandbox never had to
+answer 429, and a connection killed mid-POST costs nothing.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 import pytest
 
 from bulkgetty.assets import Asset
-from bulkgetty.errors import JournalError, QuotaExceededError
+from bulkgetty.errors import JournalError, QuotaExceededError, UsageError
 from bulkgetty.journal import AssetState
-from bulkgetty.sandbox import Product, SandboxConfig, SandboxThread
+from bulkgetty.sandbox import Faults, Product, SandboxConfig, SandboxThread
 
 from .harness import REPO, assert_files_match, clean_env, report
 from .postgres import PostgresServer, postgres_server, unavailable
@@ -36,6 +37,7 @@ if WHY_NOT is None:
     import psycopg
 
     from bulkgetty.ledger import Ledger, SharedRateLimiter, init_ledger
+    from bulkgetty.ledger_lease import Backoff
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,43 @@ def test_init_loads_unique_rows_and_seeds_the_budget_once(dsn: str, tmp_path: Pa
     assert remaining == 7
 
 
+def kill_backends(dsn: str, *pids: int) -> int:
+    """pg_terminate_backend: these backends, or every bulkgetty one (a network cut)."""
+    with psycopg.connect(dsn, autocommit=True) as db:
+        if pids:
+            rows = db.execute(
+                "SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (list(pids),)
+            )
+        else:
+            rows = db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'bulkgetty%%' AND pid <> pg_backend_pid()"
+            )
+        return sum(1 for (ok,) in rows if ok)
+
+
+def lapse(dsn: str, led: Ledger, seconds_ago: float) -> None:
+    """The worker stops renewing (killed, or cut off from the database): its lease lapsed."""
+    assert led.lease is not None
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute(
+            "UPDATE bulkgetty_workers SET lease_until = now() - make_interval(secs => %s) "
+            "WHERE id = %s",
+            (seconds_ago, led.lease.id),
+        )
+
+
+def asset_row(dsn: str, key: str) -> tuple[Any, ...]:
+    with psycopg.connect(dsn) as db:
+        row = db.execute(
+            "SELECT state, uri, spends, claimed_by, holds_budget FROM bulkgetty_assets "
+            "WHERE key = %s",
+            (key,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
 def test_budget_check_makes_a_negative_budget_impossible(dsn: str) -> None:
     init_ledger(dsn, assets(1), downloads_remaining=0, api_rate=None)
     with psycopg.connect(dsn) as db, pytest.raises(psycopg.errors.CheckViolation):
@@ -92,6 +131,183 @@ def test_live_workers_claim_disjoint_assets_and_a_dead_workers_claims_are_taken_
     taken = {r.key for r in b.claim(100)}
     assert taken == first  # a's connection is gone: its assets are free again
     b.close()
+
+
+def test_a_killed_connection_is_reopened_and_the_worker_keeps_its_claims_and_commits(
+    dsn: str, tmp_path: Path
+) -> None:
+    """pg_terminate_backend (a network blip, a database restart) while a worker holds claims
+    and a POST: another worker takes none of them, and the first reconnects and records."""
+    init_ledger(dsn, assets(6), downloads_remaining=10, api_rate=None)
+    a = Ledger(dsn, tmp_path / "a")
+    mine = [r.key for r in a.claim(3)]
+    a.record_intent(mine[0])  # the POST leaves
+    assert kill_backends(dsn, a.link.db.info.backend_pid) == 1
+    b = Ledger(dsn, tmp_path / "b")
+    assert {r.key for r in b.claim(100)}.isdisjoint(mine)
+    a.record_acquired(mine[0], "http://x/1", time.time() + 60)  # on a new connection
+    assert asset_row(dsn, mine[0])[:3] == ("acquired", "http://x/1", 1)
+    kill_backends(dsn, a.link.db.info.backend_pid)
+    a.record_intent(mine[1])  # carries on: its claims are still its own
+    assert budget_row(dsn) == (8, 1)
+    kill_backends(dsn, a.link.db.info.backend_pid)
+    a.renew()
+    a.close()
+    b.close()
+
+
+def test_a_repeated_commit_counts_one_spend_and_one_reservation(dsn: str, tmp_path: Path) -> None:
+    """A commit whose answer was lost with its connection is run again on a new one: it must
+    not spend, reserve, clear or fail twice."""
+    init_ledger(dsn, assets(3), downloads_remaining=5, api_rate=None)
+    led = Ledger(dsn, tmp_path)
+    k1, k2, k3 = (r.key for r in led.claim(3))
+    for _ in range(2):
+        led.record_intent(k1)
+    assert budget_row(dsn) == (4, 0)
+    for _ in range(2):
+        led.record_acquired(k1, "http://x/1", time.time() + 60)
+    assert budget_row(dsn) == (4, 1) and asset_row(dsn, k1)[2] == 1
+    led.record_acquired(k1, "http://x/2", time.time() + 60)  # a second purchase does count
+    assert budget_row(dsn) == (3, 2) and asset_row(dsn, k1)[:3] == ("acquired", "http://x/2", 2)
+    led.record_intent(k2)
+    led.record_in_doubt(k2, "timeout")
+    for _ in range(2):
+        led.record_spent_without_uri(k2, "history shows it")
+    assert budget_row(dsn) == (2, 3) and asset_row(dsn, k2)[:3] == ("failed", None, 1)
+    led.record_intent(k3)
+    for _ in range(2):
+        led.record_cleared_doubt(k3)
+    assert budget_row(dsn) == (2, 3) and asset_row(dsn, k3)[0] == "pending"
+    led.close()
+
+
+def test_workers_of_different_roles_never_take_each_others_live_claims(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Without pg_read_all_stats another role's sessions are hidden in pg_stat_activity;
+    liveness must not depend on seeing them."""
+    init_ledger(dsn, assets(10), downloads_remaining=10, api_rate=None)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        for role in ("getty_a", "getty_b"):
+            db.execute(f"DROP ROLE IF EXISTS {role}")  # roles are server-wide
+            db.execute(f"CREATE ROLE {role} LOGIN")
+            db.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            db.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    a = Ledger(dsn.replace(f"//{pg_user(dsn)}@", "//getty_a@"), tmp_path / "a")
+    b = Ledger(dsn.replace(f"//{pg_user(dsn)}@", "//getty_b@"), tmp_path / "b")
+    first = {r.key for r in a.claim(5)}
+    second = {r.key for r in b.claim(100)}
+    assert len(first) == 5 and len(second) == 5 and not first & second
+    assert b.claim(100) == []
+    key = sorted(first)[0]
+    with pytest.raises(JournalError, match="no longer holds the claim"):
+        b.record_intent(key)
+    a.record_intent(key)
+    assert asset_row(dsn, key)[0] == "intent"
+    a.close()
+    b.close()
+
+
+def pg_user(dsn: str) -> str:
+    return dsn.split("//", 1)[1].split("@", 1)[0]
+
+
+def test_a_lapsed_workers_unstarted_assets_are_free_and_its_posts_after_the_settle_time(
+    dsn: str, tmp_path: Path
+) -> None:
+    """A worker that stopped renewing loses its claims; a POST of it that may have spent is
+    taken over only once the taker's history settle time has passed on top of the lease."""
+    init_ledger(dsn, assets(4), downloads_remaining=10, api_rate=None)
+    a = Ledger(dsn, tmp_path / "a")
+    k1, k2, k3, k4 = (r.key for r in a.claim(4))
+    a.record_intent(k1)
+    a.record_intent(k2)
+    a.record_in_doubt(k2, "timeout")
+    a.record_intent(k3)
+    a.record_acquired(k3, "http://x/3", time.time() + 60)
+    b = Ledger(dsn, tmp_path / "b", settle=30)
+    assert b.claim(100) == [] and b.next_takeover() is None  # a lives
+    lapse(dsn, a, seconds_ago=1)
+    assert {r.key for r in b.claim(100)} == {k3, k4}  # acquired and pending: free at once
+    wait = b.next_takeover()
+    assert wait is not None and 0 < wait <= 29
+    with pytest.raises(JournalError, match="no longer holds the claim"):
+        a.record_intent(k4)  # back from its outage: what was taken is refused
+    assert budget_row(dsn) == (7, 1)
+    lapse(dsn, a, seconds_ago=31)
+    assert {r.key for r in b.claim(100)} == {k1, k2}
+    assert b.next_takeover() is None
+    with pytest.raises(JournalError, match="another worker took over"):
+        a.record_cleared_doubt(k2)
+    a.record_acquired(k1, "http://x/1", time.time() + 60)  # a URI that arrives is kept
+    assert asset_row(dsn, k1)[:4] == ("acquired", "http://x/1", 1, a.lease.id if a.lease else 0)
+    a.close()
+    b.close()
+
+
+def test_a_worker_that_closes_frees_its_assets_but_its_open_posts_only_after_the_settle_time(
+    dsn: str, tmp_path: Path
+) -> None:
+    init_ledger(dsn, assets(3), downloads_remaining=10, api_rate=None)
+    a = Ledger(dsn, tmp_path / "a")
+    k1, k2, k3 = (r.key for r in a.claim(3))
+    a.record_intent(k1)
+    a.close()  # a run stopped by an error, its POST for k1 unresolved
+    b = Ledger(dsn, tmp_path / "b", settle=60)
+    assert {r.key for r in b.claim(100)} == {k2, k3}
+    c = Ledger(dsn, tmp_path / "c", settle=0)
+    assert [r.key for r in c.claim(100)] == [k1]
+    b.close()
+    c.close()
+
+
+def test_the_lease_is_renewed_and_set_by_the_ledger(dsn: str, tmp_path: Path) -> None:
+    init_ledger(dsn, assets(1), downloads_remaining=1, api_rate=None, lease=7)
+    led = Ledger(dsn, tmp_path)
+    assert led.lease is not None and led.lease.seconds == 7 and led.link.patience == 7
+    lapse(dsn, led, seconds_ago=100)
+    led.renew()
+    with psycopg.connect(dsn) as db:
+        left = db.execute(
+            "SELECT extract(epoch FROM lease_until - now()) FROM bulkgetty_workers WHERE id = %s",
+            (led.lease.id,),
+        ).fetchone()
+    assert left is not None and 6 < left[0] <= 7
+    with pytest.raises(UsageError, match="--lease"):
+        init_ledger(dsn, [], downloads_remaining=1, api_rate=None, lease=0)
+    led.close()
+    reader = Ledger(dsn, tmp_path, lock=False, worker=False)
+    with pytest.raises(JournalError, match="reading only"):
+        reader.claim(1)
+    reader.renew()  # nothing to renew
+    reader.close()
+
+
+def test_a_ledger_made_by_an_older_version_is_refused_until_init_upgrades_it(
+    dsn: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as db:
+        with pytest.raises(JournalError, match="ledger init"):
+            Ledger(dsn, tmp_path)
+        init_ledger(dsn, assets(1), downloads_remaining=1, api_rate=None)
+        db.execute("DROP TABLE bulkgetty_workers")
+        db.execute("ALTER TABLE bulkgetty_assets DROP COLUMN claimed_by")
+    with pytest.raises(JournalError, match="older bulkgetty"):
+        Ledger(dsn, tmp_path)
+    init_ledger(dsn, [], downloads_remaining=1, api_rate=None)
+    led = Ledger(dsn, tmp_path)
+    assert len(led.claim(5)) == 1
+    led.close()
+
+
+def test_reconnecting_gives_up_with_a_clear_error_once_its_patience_is_spent() -> None:
+    backoff = Backoff(patience=0.5)
+    first = backoff.pause(OSError("gone"))
+    assert 0 < first <= 0.1 and backoff.pause(OSError("gone")) <= 0.2
+    backoff.deadline = time.monotonic()
+    with pytest.raises(JournalError, match=r"could not open a new one within 0\.5 s: gone"):
+        backoff.pause(OSError("gone"))
 
 
 def test_racing_claims_are_disjoint_and_cover_every_asset(dsn: str, tmp_path: Path) -> None:
@@ -168,8 +384,8 @@ def test_eight_racing_workers_never_reserve_more_than_the_budget(dsn: str, tmp_p
     reserved: list[str] = []
     refused = 0
     lock = threading.Lock()
-    # A worker's claims end with its connection: all stay connected until every one is done,
-    # or the assets of the first to leave would (rightly) be claimed by the others.
+    # A worker that closes gives its unstarted assets back: all stay open until every one is
+    # done, or the assets of the first to leave would (rightly) be claimed by the others.
     all_done = threading.Barrier(8, timeout=60)
 
     def worker(i: int) -> None:
@@ -358,6 +574,19 @@ def _kill_when_spent(sb: SandboxThread, procs: list[subprocess.Popen[str]], at: 
     wait_all(procs)
 
 
+def wait_for_leases_to_lapse(dsn: str) -> None:
+    deadline = time.monotonic() + 60
+    with psycopg.connect(dsn, autocommit=True) as db:
+        while time.monotonic() < deadline:
+            row = db.execute(
+                "SELECT count(*) FROM bulkgetty_workers WHERE lease_until >= now()"
+            ).fetchone()
+            if row == (0,):
+                return
+            time.sleep(0.2)
+    raise AssertionError("the killed workers' leases never lapsed")
+
+
 def test_kill_9_of_workers_then_new_workers_finish_without_double_spend(
     dsn: str, tmp_path: Path
 ) -> None:
@@ -367,10 +596,11 @@ def test_kill_9_of_workers_then_new_workers_finish_without_double_spend(
     config = SandboxConfig(image_bytes=(20_000, 60_000), qps=QPS, api_latency=0.05)
     with SandboxThread(config) as sb:
         env = clean_env(sb.credentials_env())
-        ledger_init_cli(dsn, manifest, env, "--downloads-remaining", "500")
+        ledger_init_cli(dsn, manifest, env, "--downloads-remaining", "500", "--lease", "5")
         _kill_when_spent(sb, start_workers(dsn, tmp_path, 4, env), at=15)
         spent_before = sum(sb.spends_by_asset().values())
         assert spent_before < len(ids), "killed too late to prove anything"
+        wait_for_leases_to_lapse(dsn)  # the dead keep their claims until then
         results = wait_all(start_workers(dsn, tmp_path, 4, env, offset=4))
         # The killed workers' folders keep their .part files (nobody reruns them); their
         # assets were taken over by the new workers (w4-w7), which finished everything but
@@ -435,3 +665,40 @@ def test_account_quota_hit_mid_run_gives_unspent_reservations_back(
         with psycopg.connect(dsn) as db:
             held = db.execute("SELECT count(*) FROM bulkgetty_assets WHERE holds_budget")
             assert held.fetchone() == (0,)
+
+
+def test_connection_killed_mid_post_costs_one_spend_and_the_uri_is_committed_on_reconnect(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The ledger's connections die (pg_terminate_backend) while the sandbox holds a charged
+    POST: no other worker takes the asset, the worker reconnects, commits the URI it gets and
+    downloads the file; the download history lags, so a second purchase would go unseen."""
+    ids = [str(8_500_000 + i) for i in range(3)]
+    held = ids[0]
+    manifest = tmp_path / "ids.txt"
+    manifest.write_text("\n".join(ids) + "\n")
+    config = SandboxConfig(
+        image_bytes=(20_000, 60_000),
+        qps=QPS,
+        history_lag=120,
+        faults=Faults(post_hang={held: 4.0}),
+    )
+    with SandboxThread(config) as sb:
+        env = clean_env(sb.credentials_env())
+        ledger_init_cli(dsn, manifest, env, "--downloads-remaining", "10")
+        first = start_workers(dsn, tmp_path, 1, env)
+        deadline = time.monotonic() + 60
+        while not sb.spends_by_asset().get(f"image/{held}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sb.spends_by_asset().get(f"image/{held}") == 1, "the POST never arrived"
+        assert kill_backends(dsn) >= 1  # while the POST is held
+        second = start_workers(dsn, tmp_path, 1, env, offset=1)
+        results = wait_all(first + second)
+        assert sb.spends_by_asset() == {f"image/{i}": 1 for i in ids}
+        assert all(code == 0 for code, _ in results), results
+        rows = {r["id"]: r for r in worker_rows(tmp_path, "w0")}
+        assert rows[held]["status"] == "downloaded"
+        assert_workers_exact(sb, tmp_path, ids)
+        state, uri, spends = asset_row(dsn, f"image/{held}")[:3]
+        assert (state, spends) == ("done", 1) and uri.startswith("http")
+        assert budget_row(dsn) == (10 - 3, 3)
