@@ -21,6 +21,7 @@ from .config import HISTORY_SETTLE
 from .errors import (
     AuthenticationError,
     BulkGettyError,
+    CertificateError,
     QuotaExceededError,
 )
 from .events import AssetAcquired, Event, QuotaReached
@@ -83,7 +84,7 @@ class Acquirer:
     history_settle: float = HISTORY_SETTLE
 
     async def acquire(self, record: Record) -> DownloadGrant | Outcome:
-        """POST for one asset, or say why not. Raises only AuthenticationError (fatal)."""
+        """POST for one asset, or say why not. Raises only AuthenticationError, CertificateError."""
         attempt = 0
         while True:
             attempt += 1
@@ -139,7 +140,7 @@ class Acquirer:
         except QuotaExceededError as exc:
             self.budget.give_back()
             return await self._quota_reached(record, exc)
-        except AuthenticationError:
+        except (AuthenticationError, CertificateError):  # fatal for the run, nothing sent
             self.budget.give_back()
             await j.call(j.journal.record_not_spent, record.key, AssetState.PENDING, None)
             raise

@@ -109,7 +109,9 @@ examples:
 SANDBOX_EXAMPLES = """\
 examples:
   bulkgetty sandbox --port 8099
+  bulkgetty sandbox --tls --port 443
   bulkgetty sandbox --qps 5 --expires-in 60
+  bulkgetty sandbox --rate 500000 --video-size 50000000
 """
 
 
@@ -319,10 +321,29 @@ def _add_sandbox(sub: SubParsers) -> None:
         SANDBOX_EXAMPLES,
     )
     p.set_defaults(handler=sandbox_command)
-    p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    p.add_argument(
+        "--port", type=int, default=0, help="API port (default: a free one; 443 needs root)"
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a private CA made at start (prints SSL_CERT_FILE to trust it)",
+    )
     p.add_argument("--qps", type=float, help="answer 429 above this many queries per second")
     p.add_argument("--expires-in", type=int, default=1800, help="token lifetime in seconds")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
+    p.add_argument(
+        "--rate",
+        type=int,
+        metavar="BYTES_PER_S",
+        help="serve each file at most this fast, to watch a run (default: unlimited)",
+    )
+    p.add_argument(
+        "--video-size",
+        type=int,
+        metavar="BYTES",
+        help="every video file this large (default: 1 to 8 MB each)",
+    )
 
 
 # shared ------------------------------------------------------------------------------------
@@ -597,26 +618,30 @@ async def search_command(args: argparse.Namespace, env: Mapping[str, str], emit:
 
 
 async def sandbox_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
-    from .sandbox import Sandbox, SandboxConfig, serve_forever
+    """Serve until Ctrl-C; a port that cannot be bound is one line and exit 2."""
+    from .sandbox import Sandbox, SandboxConfig, banner, serve_forever
 
     config = SandboxConfig(qps=args.qps, expires_in=args.expires_in, api_latency=args.latency)
+    if args.rate is not None:
+        config = replace(config, bandwidth=args.rate)
+    if args.video_size is not None:
+        config = replace(config, video_bytes=(args.video_size, args.video_size))
 
     def ready(sandbox: Sandbox) -> None:
-        creds = sandbox.credentials_env()
-        lines = [f"Getty API emulator listening at {sandbox.api_url}", "", "credentials:"]
-        lines += [f"  export {k}={v}" for k, v in creds.items()]
-        inline = " ".join(f"{k}={v}" for k, v in creds.items())
-        lines += [
-            "",
-            "try it (from a clone of the repository, in another shell):",
-            f"  {inline} bulkgetty run manifests/sample.csv --out ./downloads",
-            "",
-            "Ctrl-C stops it.",
-        ]
-        emit.out.write("\n".join(lines) + "\n")
+        emit.out.write(banner(sandbox))
         emit.out.flush()
 
-    await serve_forever(config, host="127.0.0.1", port=args.port, on_ready=ready)
+    try:
+        await serve_forever(config, port=args.port, on_ready=ready, tls=args.tls)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        sys.stderr.write(
+            f"bulkgetty: the sandbox cannot listen on 127.0.0.1:{args.port} ({why.lower()}); "
+            "choose another --port, or 0 for a free one\n"
+        )
+        return UsageError.exit_code
+    except asyncio.CancelledError:
+        sys.stderr.write("bulkgetty: sandbox stopped (its quota, tokens and spends are gone)\n")
     return 0
 
 

@@ -35,6 +35,7 @@ from .config import DEFAULT_API_URL, RunOptions
 from .errors import (
     AuthenticationError,
     BulkGettyError,
+    CertificateError,
     DiskFullError,
     StorageError,
     UriExpiredError,
@@ -501,7 +502,7 @@ class Downloader:
                 why = "an earlier run's download was charged but its URI was lost"
                 return Outcome(record.asset, Status.FAILED, error=reacquire_message(why))
             return await self.acquirer.acquire(record)
-        except AuthenticationError as exc:
+        except (AuthenticationError, CertificateError) as exc:  # no other asset can do better
             self._abort(exc)
             return None
         except BulkGettyError as exc:

@@ -11,6 +11,7 @@
     │   └── ServerError            5xx: retryable for reads; a POST may have spent
     ├── TransportError             no usable HTTP answer
     │   ├── ConnectError           the request never left: always safe to retry
+    │   ├── CertificateError       the host's TLS certificate is not trusted: exit 2
     │   └── ReadError              sent, then lost or timed out: a POST may have spent
     ├── DeliveryError              the delivery host or its bytes are wrong
     │   ├── UriExpiredError        signature refused / URI past its 24 h
@@ -34,6 +35,7 @@ __all__ = (
     "ApiError",
     "AuthenticationError",
     "BulkGettyError",
+    "CertificateError",
     "ConnectError",
     "DeliveryError",
     "DiskFullError",
@@ -166,6 +168,17 @@ class TransportError(BulkGettyError):
 
 class ConnectError(TransportError):
     """The connection failed before the request was sent: nothing can have been spent."""
+
+
+class CertificateError(TransportError):
+    """The host's TLS certificate failed verification: the request never left.
+
+    Not retried (the certificate will not change within a run) and not a ConnectError, so a
+    spending POST is not repeated on it either; bulkgetty never turns verification off.
+    """
+
+    retryable = False
+    exit_code = 2
 
 
 class ReadError(TransportError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .errors import BulkGettyError, ConnectError, ReadError, UsageError
+from .errors import BulkGettyError, CertificateError, ConnectError, ReadError, UsageError
 
 __all__ = ("Timeouts", "check_url_scheme", "is_loopback_host", "map_errors", "new_session")
 
@@ -38,6 +39,7 @@ class Timeouts:
 def new_session(timeouts: Timeouts, *, limit: int = 100) -> aiohttp.ClientSession:
     """A session with no default headers, no cookies, no automatic decompression."""
     connector = aiohttp.TCPConnector(
+        ssl=_verifying_context(),
         limit=limit,
         limit_per_host=limit,
         ttl_dns_cache=300,
@@ -57,6 +59,18 @@ def new_session(timeouts: Timeouts, *, limit: int = 100) -> aiohttp.ClientSessio
         skip_auto_headers=("Accept-Encoding",),
         read_bufsize=2**20,
     )
+
+
+def _verifying_context() -> ssl.SSLContext:
+    """The system's trust store, read now rather than when aiohttp was imported.
+
+    Python's default context honours `SSL_CERT_FILE` / `SSL_CERT_DIR`, so a sandbox CA (or a
+    company proxy's) is trusted the standard way, also when the variable is set after import.
+    Verification itself is never turned off.
+    """
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def is_loopback_host(host: str) -> bool:
@@ -93,12 +107,23 @@ async def map_errors(call: Callable[[], Awaitable[T]], *, sent_may_spend: bool =
         return await call()
     except BulkGettyError:
         raise
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise CertificateError(certificate_message(exc)) from exc
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise ConnectError(f"cannot connect: {describe(exc)}") from exc
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise ReadError(
             f"connection lost or timed out: {describe(exc)}", may_have_spent=sent_may_spend
         ) from exc
+
+
+def certificate_message(exc: aiohttp.ClientConnectorCertificateError) -> str:
+    """One line naming the host whose certificate failed, and the standard way to trust it."""
+    reason = getattr(exc.certificate_error, "verify_message", "") or str(exc.certificate_error)
+    return (
+        f"the TLS certificate of {exc.host}:{exc.port} is not trusted ({reason}); "
+        "to trust a private CA (the sandbox's, a company proxy's) set SSL_CERT_FILE to its PEM"
+    )
 
 
 def describe(exc: BaseException) -> str:

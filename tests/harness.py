@@ -9,15 +9,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bulkgetty.sandbox import SandboxThread
+from bulkgetty.sandbox import SandboxConfig, SandboxThread
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: What the end-to-end tests and the fault matrix run over: the sandbox's plain http, and
+#: HTTPS with a private CA that the CLI trusts the standard way (SSL_CERT_FILE, which
+#: `credentials_env()` carries), as it would trust Getty's public certificates.
+SCHEMES = ("http", "https")
+
+
+def sandbox(config: SandboxConfig | None = None, *, scheme: str = "http") -> SandboxThread:
+    """A SandboxThread speaking `scheme` (one of SCHEMES) on all three origins."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    return SandboxThread(config, tls=scheme == "https")
 
 
 def clean_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
@@ -135,5 +148,7 @@ def password_token(sb: SandboxThread) -> dict[str, Any]:
             "password": sb.config.password,
         }
     ).encode()
-    with urllib.request.urlopen(f"{sb.api_url}/oauth2/token", data=form, timeout=10) as resp:
+    context = ssl.create_default_context(cafile=sb.ca_file) if sb.ca_file else None
+    url = f"{sb.api_url}/oauth2/token"
+    with urllib.request.urlopen(url, data=form, timeout=10, context=context) as resp:
         return dict(json.loads(resp.read()))

@@ -27,10 +27,15 @@ product_type the account lacks 403 `NoAccessToProductType`; every POST spends, r
 included, unless `spend_on_repeat=False`; expired or tampered URIs 403 XML `AccessDenied`.
 
 Not emulated: search filters other than `phrase`, `download_requirements`, overage, credit
-packs, team credits (accepted and ignored), implicit/PKCE grants, HTTPS, multi-range
-requests (answered 200 with the whole file).
+packs, team credits (accepted and ignored), implicit/PKCE grants, multi-range requests
+(answered 200 with the whole file).
+
+HTTPS: `Sandbox(tls=True)` (and `bulkgetty sandbox --tls`) serves all three origins with a
+certificate of a private CA made at start (`bulkgetty.sandbox.tls`); `credentials_env()` then
+carries `SSL_CERT_FILE`, which Python's default context (so bulkgetty's) honours.
 """
 
+from .banner import banner
 from .config import VIDEO_SIZES, Faults, Product, SandboxConfig
 from .content import Expected, Variant, content, write_corpus
 from .server import Sandbox, SandboxThread, serve_forever
@@ -48,6 +53,7 @@ __all__ = (
     "SandboxThread",
     "Spend",
     "Variant",
+    "banner",
     "content",
     "serve_forever",
     "write_corpus",

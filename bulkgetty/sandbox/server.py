@@ -17,6 +17,7 @@ from .config import SandboxConfig
 from .content import Expected
 from .delivery import build_delivery_app
 from .state import SandboxState, SandboxStats, Spend
+from .tls import TlsMaterial, make_tls
 
 __all__ = ("Sandbox", "SandboxThread", "serve_forever")
 
@@ -26,14 +27,25 @@ SHUTDOWN_TIMEOUT = 0.25
 
 
 class Sandbox:
-    """An emulated Getty account: API origin plus two delivery origins on 127.0.0.1."""
+    """An emulated Getty account: API origin plus two delivery origins on 127.0.0.1.
+
+    With `tls=True` all three speak HTTPS with a certificate of a private CA made at start;
+    `ca_file` is that CA's PEM, and `credentials_env()` carries it as `SSL_CERT_FILE`.
+    """
 
     def __init__(
-        self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = False,
     ) -> None:
         self._state = SandboxState(config or SandboxConfig())
         self._host = host
         self._port = port
+        self._tls_wanted = tls
+        self._tls: TlsMaterial | None = None
         self._runners: list[web.AppRunner] = []
         self._delivery: list[str] = []
         self.api_url = ""
@@ -41,6 +53,15 @@ class Sandbox:
     # --- lifecycle ---
 
     async def start(self) -> None:
+        if self._tls_wanted and self._tls is None:
+            self._tls = make_tls()
+        try:
+            await self._start_servers()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start_servers(self) -> None:
         origins: list[str] = []
         for index in range(2):
             app = build_delivery_app(self._state, origins, index)
@@ -54,17 +75,21 @@ class Sandbox:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self._host, port, reuse_address=True)
+        ssl_context = self._tls.server_context if self._tls is not None else None
+        site = web.TCPSite(runner, self._host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
         bound_port = server.sockets[0].getsockname()[1]
-        return f"http://{self._host}:{bound_port}"
+        return f"{self.scheme}://{self._host}:{bound_port}"
 
     async def close(self) -> None:
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()
+        if self._tls is not None:
+            self._tls.remove()
+            self._tls = None
 
     async def __aenter__(self) -> Sandbox:
         await self.start()
@@ -79,6 +104,15 @@ class Sandbox:
         await self.close()
 
     # --- state ---
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._tls_wanted else "http"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The private CA's PEM while a TLS sandbox runs (what clients must trust)."""
+        return str(self._tls.ca_file) if self._tls is not None else None
 
     @property
     def config(self) -> SandboxConfig:
@@ -131,14 +165,18 @@ class Sandbox:
         return self._state.expected(asset_type, id, height=height, size=size, file_type=file_type)
 
     def credentials_env(self) -> dict[str, str]:
+        """The exports a client needs; with TLS, `SSL_CERT_FILE` makes it trust the CA."""
         config = self.config
-        return {
+        env = {
             "GETTY_API_URL": self.api_url,
             "GETTY_API_KEY": config.api_key,
             "GETTY_API_SECRET": config.api_secret,
             "GETTY_USERNAME": config.username,
             "GETTY_PASSWORD": config.password,
         }
+        if self.ca_file is not None:
+            env["SSL_CERT_FILE"] = self.ca_file
+        return env
 
 
 class SandboxThread:
@@ -148,23 +186,35 @@ class SandboxThread:
     """
 
     def __init__(
-        self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = False,
     ) -> None:
-        self.sandbox = Sandbox(config, host=host, port=port)
+        self.sandbox = Sandbox(config, host=host, port=port, tls=tls)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-        self._call(self.sandbox.start())
+        try:
+            self._call(self.sandbox.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
     def close(self) -> None:
         if not self._thread.is_alive():
             return
         self._call(self.sandbox.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+        self._stop_loop()
 
     def _call(self, coro: Any) -> Any:
         future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -195,6 +245,10 @@ class SandboxThread:
     @property
     def delivery_urls(self) -> tuple[str, str]:
         return self.sandbox.delivery_urls
+
+    @property
+    def ca_file(self) -> str | None:
+        return self.sandbox.ca_file
 
     @property
     def config(self) -> SandboxConfig:
@@ -250,9 +304,11 @@ async def serve_forever(
     host: str = "127.0.0.1",
     port: int = 0,
     on_ready: Callable[[Sandbox], None] | None = None,
+    *,
+    tls: bool = False,
 ) -> None:
     """Run a sandbox until cancelled; `on_ready` gets it once its URLs are known."""
-    async with Sandbox(config, host=host, port=port) as sandbox:
+    async with Sandbox(config, host=host, port=port, tls=tls) as sandbox:
         if on_ready is not None:
             on_ready(sandbox)
         await asyncio.Event().wait()

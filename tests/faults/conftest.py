@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from bulkgetty.sandbox import SandboxThread
-from tests.harness import report
+from tests.harness import SCHEMES, report
 
 _GETTY_HEADERS = {"api-key", "authorization", "cookie"}
 _ROWS_KEY = "fault_matrix_rows"
@@ -201,6 +201,8 @@ class Matrix:
     def record(self, result: Audit, note: str = "") -> None:
         note = _TMP.sub("", note)
         row = {k: v for k, v in asdict(result).items() if k != "problems"}
+        if _scheme_of(self._node) == "https":
+            row["fault"] = f"{result.fault} (https)"
         row.update(lost=result.lost, note=note, problems=result.problems[:5])
         self._node.user_properties.append((_ROWS_KEY, row))
 
@@ -213,6 +215,17 @@ class Matrix:
 @pytest.fixture
 def matrix(request: pytest.FixtureRequest) -> Matrix:
     return Matrix(request.node)
+
+
+@pytest.fixture(params=SCHEMES)
+def scheme(request: pytest.FixtureRequest) -> str:
+    """Run the requesting test once per scheme; pass it to `tests.harness.sandbox`."""
+    return str(request.param)
+
+
+def _scheme_of(node: pytest.Item) -> str:
+    callspec = getattr(node, "callspec", None)
+    return str(callspec.params.get("scheme", "http")) if callspec is not None else "http"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

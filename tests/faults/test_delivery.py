@@ -14,7 +14,7 @@ import pytest
 
 from bulkgetty.sandbox import Faults, SandboxConfig, SandboxThread
 from tests.faults.conftest import Matrix, audit
-from tests.harness import clean_env, cli, report, write_ids
+from tests.harness import clean_env, cli, report, sandbox, write_ids
 
 HIT = "9810001"
 IDS = [HIT, "9810002", "9810003"]
@@ -110,12 +110,12 @@ OPEN: dict[str, str] = {}
     ],
 )
 def test_delivery_fault_leaves_only_whole_files_and_spends_once(
-    tmp_path: Path, matrix: Matrix, name: str
+    tmp_path: Path, matrix: Matrix, name: str, scheme: str
 ) -> None:
     case = CASES[name]
     sizes = {i: SIZE for i in IDS}
     config = SandboxConfig(sizes=sizes, faults=case.faults, bandwidth=BANDWIDTH, **case.sandbox)
-    with SandboxThread(config) as sb:
+    with sandbox(config, scheme=scheme) as sb:
         env = clean_env(sb.credentials_env())
         manifest = write_ids(tmp_path / "ids.txt", IDS)
         out = tmp_path / "o"

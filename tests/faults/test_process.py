@@ -12,7 +12,7 @@ import pytest
 
 from bulkgetty.sandbox import SandboxConfig, SandboxThread
 from tests.faults.conftest import Matrix, audit
-from tests.harness import clean_env, cli, report, start_cli, write_ids
+from tests.harness import clean_env, cli, report, sandbox, start_cli, write_ids
 
 CRASH = ("tests/faults/crashpoint.py",)
 
@@ -26,7 +26,14 @@ def _journal_ok(out: Path) -> None:
 
 
 def _kill_at_random_points(
-    tmp_path: Path, matrix: Matrix, *, assets: int, kills: int, fault: str, seed: int
+    tmp_path: Path,
+    matrix: Matrix,
+    *,
+    assets: int,
+    kills: int,
+    fault: str,
+    seed: int,
+    scheme: str = "http",
 ) -> None:
     """Kill -9 at `kills` random moments, rerunning the same command after each.
 
@@ -37,7 +44,7 @@ def _kill_at_random_points(
     rng = random.Random(seed)
     ids = [str(9_700_000 + i) for i in range(assets)]
     config = SandboxConfig(api_latency=0.02, delivery_latency=0.05, bandwidth=2_000_000)
-    with SandboxThread(config) as sb:
+    with sandbox(config, scheme=scheme) as sb:
         env = clean_env(sb.credentials_env())
         manifest = write_ids(tmp_path / "ids.txt", ids)
         out = tmp_path / "o"
@@ -63,9 +70,17 @@ def _kill_at_random_points(
         matrix.check(result, note=f"{len(lost_uri)} charged, URI lost: need --reacquire-expired")
 
 
-def test_kill_9_at_10_random_points_of_a_60_asset_run(tmp_path: Path, matrix: Matrix) -> None:
+def test_kill_9_at_10_random_points_of_a_60_asset_run(
+    tmp_path: Path, matrix: Matrix, scheme: str
+) -> None:
     _kill_at_random_points(
-        tmp_path, matrix, assets=60, kills=10, fault="kill -9 x10, 60 assets", seed=20261125
+        tmp_path,
+        matrix,
+        assets=60,
+        kills=10,
+        fault="kill -9 x10, 60 assets",
+        seed=20261125,
+        scheme=scheme,
     )
 
 

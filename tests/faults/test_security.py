@@ -9,7 +9,7 @@ import pytest
 
 from bulkgetty.sandbox import Faults, SandboxConfig, SandboxThread
 from tests.faults.conftest import Matrix, audit
-from tests.harness import clean_env, cli, grant_env, start_cli, write_ids
+from tests.harness import clean_env, cli, grant_env, sandbox, start_cli, write_ids
 
 
 @pytest.mark.parametrize("url", ["http://api.gettyimages.com", "http://10.1.2.3:8080"])
@@ -65,7 +65,7 @@ def test_no_option_takes_a_secret_and_no_secret_is_on_the_running_command_line(
     "grant", ["password", "client_credentials", "refresh_token", "access_token"]
 )
 def test_no_secret_in_events_logs_report_or_journal_even_with_debug_and_errors(
-    tmp_path: Path, matrix: Matrix, grant: str
+    tmp_path: Path, matrix: Matrix, grant: str, scheme: str
 ) -> None:
     """Every grant, --json events and --debug, with API and delivery errors on the way: no
     secret, token or URI signature in stdout, stderr, the report or the state folder."""
@@ -76,7 +76,7 @@ def test_no_secret_in_events_logs_report_or_journal_even_with_debug_and_errors(
         expired=frozenset({ids[2]}),
         html_error={ids[3]: 1},
     )
-    with SandboxThread(SandboxConfig(faults=faults)) as sb:
+    with sandbox(SandboxConfig(faults=faults), scheme=scheme) as sb:
         env = clean_env(grant_env(sb, grant))
         manifest = write_ids(tmp_path / "ids.txt", ids)
         out = tmp_path / "o"
