@@ -198,9 +198,12 @@ class Ledger:
 
     @property
     def me(self) -> int:
+        return self._worker().id
+
+    def _worker(self) -> WorkerLease:
         if self.lease is None:
             raise JournalError("ledger: opened for reading only, it holds no claims")
-        return self.lease.id
+        return self.lease
 
     def renew(self) -> None:
         """Extend this worker's lease (AsyncLedger calls it in the background)."""
@@ -398,9 +401,8 @@ class Ledger:
     @reconnecting
     def record_intent(self, key: str) -> None:
         """Committed before the POST leaves, with the budget reserved in the same transaction."""
-        assert self.lease is not None
         with self._tx() as db:
-            self.lease.extend(db)
+            self._worker().extend(db)
             self._take_budget(db, key)
             self._set(
                 db,

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 if WHY_NOT is None:
     import psycopg
 
-    from bulkgetty.ledger import Ledger, SharedRateLimiter, init_ledger
+    from bulkgetty.ledger import AsyncLedger, Ledger, SharedRateLimiter, claimed_rows, init_ledger
     from bulkgetty.ledger_lease import Backoff
 
 
@@ -268,12 +268,7 @@ def test_the_lease_is_renewed_and_set_by_the_ledger(dsn: str, tmp_path: Path) ->
     assert led.lease is not None and led.lease.seconds == 7 and led.link.patience == 7
     lapse(dsn, led, seconds_ago=100)
     led.renew()
-    with psycopg.connect(dsn) as db:
-        left = db.execute(
-            "SELECT extract(epoch FROM lease_until - now()) FROM bulkgetty_workers WHERE id = %s",
-            (led.lease.id,),
-        ).fetchone()
-    assert left is not None and 6 < left[0] <= 7
+    assert 6 < lease_left(dsn, led) <= 7
     with pytest.raises(UsageError, match="--lease"):
         init_ledger(dsn, [], downloads_remaining=1, api_rate=None, lease=0)
     led.close()
@@ -414,6 +409,50 @@ def test_eight_racing_workers_never_reserve_more_than_the_budget(dsn: str, tmp_p
     assert len(reserved) == 57 == len(set(reserved))
     assert refused == 200 - 57
     assert budget_row(dsn) == (0, 0)
+
+
+async def test_an_open_worker_renews_its_lease_in_the_background(dsn: str, tmp_path: Path) -> None:
+    init_ledger(dsn, assets(2), downloads_remaining=2, api_rate=None, lease=0.6)
+    ledger = await AsyncLedger.open(dsn, tmp_path)
+    try:
+        lapse(dsn, ledger.journal, seconds_ago=100)
+        deadline = time.monotonic() + 30
+        while lease_left(dsn, ledger.journal) <= 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert lease_left(dsn, ledger.journal) > 0, "the lease was never renewed"
+    finally:
+        await ledger.close()
+
+
+async def test_claimed_rows_waits_out_a_lapsed_workers_settle_time_then_takes_its_post(
+    dsn: str, tmp_path: Path
+) -> None:
+    """A new worker does not stop while a dead worker's POST in doubt is about to be free: it
+    waits for it (bounded by the settle time) and then resolves it like any other."""
+    init_ledger(dsn, assets(2), downloads_remaining=5, api_rate=None)
+    dead = Ledger(dsn, tmp_path / "dead")
+    k1, k2 = (r.key for r in dead.claim(2))
+    dead.record_intent(k1)
+    lapse(dsn, dead, seconds_ago=0)
+    ledger = await AsyncLedger.open(dsn, tmp_path / "new", settle=0.3)
+    try:
+        taken = [asset.key async for asset in claimed_rows(ledger, batch=10)]
+        assert sorted(taken) == [k1, k2]  # k2 at once, k1 once the settle time has passed
+        assert [a async for a in claimed_rows(ledger)] == []  # none left: it stops
+    finally:
+        await ledger.close()
+        dead.close()
+
+
+def lease_left(dsn: str, led: Ledger) -> float:
+    assert led.lease is not None
+    with psycopg.connect(dsn) as db:
+        row = db.execute(
+            "SELECT extract(epoch FROM lease_until - now()) FROM bulkgetty_workers WHERE id = %s",
+            (led.lease.id,),
+        ).fetchone()
+    assert row is not None
+    return float(row[0])
 
 
 async def test_shared_rate_limiter_hands_out_slots_one_interval_apart(dsn: str) -> None:
