@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from .api import DownloadGrant, GettyClient, HistoryItem
 from .backend import AsyncJournalLike
@@ -22,11 +22,14 @@ from .errors import (
     AuthenticationError,
     BulkGettyError,
     CertificateError,
+    JournalError,
     QuotaExceededError,
+    RateLimitedError,
 )
 from .events import AssetAcquired, Event, QuotaReached
 from .journal import AssetState, Record
 from .plan import reacquire_message
+from .purchases import Purchase, Purchases, PurchaseStopped
 from .report import Outcome, Status
 from .retry import RetryPolicy
 
@@ -35,6 +38,21 @@ __all__ = ("HISTORY_SKEW", "Acquirer", "Budget")
 #: How far before our own intent a history entry may be dated and still count as our spend
 #: (clock skew between this machine and Getty's).
 HISTORY_SKEW = 300.0
+#: `record_acquired` is tried this often (waiting COMMIT_RETRY_WAIT x try between) before the
+#: URI is given up: a journal that hiccups must not cost a paid download.
+COMMIT_TRIES = 5
+COMMIT_RETRY_WAIT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _Doubt:
+    """A POST that may have been charged, and when its outcome was known."""
+
+    error: BulkGettyError
+    #: The request left at `sent_at` (a spend is dated no earlier) and its outcome was known
+    #: at `answered_at` (the settle time counts from there).
+    sent_at: float
+    answered_at: float
 
 
 @dataclass(slots=True)
@@ -56,6 +74,11 @@ class Budget:
 
     def give_back(self) -> None:
         self.used -= 1
+
+    def release_reserved(self) -> None:
+        """An earlier run's doubt, counted out of the limit up front, proved unspent."""
+        if self.limit is not None:
+            self.limit += 1
 
 
 @dataclass(slots=True)
@@ -81,7 +104,17 @@ class Acquirer:
     emit: Callable[[Event], None]
     quota: QuotaGate = field(default_factory=QuotaGate)
     spends: int = 0
+    #: POSTs of this run that may have been charged and are not resolved either way.
+    maybe_spent: int = 0
     history_settle: float = HISTORY_SETTLE
+    #: The longest a POST can take after its intent is committed (connecting, then its
+    #: answer): an intent left by a crash is dated this much later for the settle time.
+    send_bound: float = 0.0
+    purchases: Purchases = field(default_factory=Purchases)
+    started_at: float = field(default_factory=time.time)
+    #: The budget's limit already excludes earlier runs' unresolved intents (a cap over all
+    #: runs of a folder): one that proves unspent gives its download back.
+    doubts_reserved: bool = False
 
     async def acquire(self, record: Record) -> DownloadGrant | Outcome:
         """POST for one asset, or say why not. Raises only AuthenticationError, CertificateError."""
@@ -91,12 +124,15 @@ class Acquirer:
             refused = await self._refusal(record)
             if refused is not None:
                 return refused
-            result = await self._post_once(record)
+            result = await self.purchases.run(lambda p: self._post_once(record, p))
+            if isinstance(result, _Doubt):
+                result = await self._resolve_live_doubt(record, result)
             if not isinstance(result, BulkGettyError):
                 return result
             if not (result.retryable and attempt < self.policy.attempts):
                 return self._failed(record, str(result))
-            await asyncio.sleep(self.policy.delay(attempt))
+            after = result.retry_after if isinstance(result, RateLimitedError) else None
+            await asyncio.sleep(self.policy.delay(attempt, retry_after=after))
 
     def refused_now(self, record: Record) -> Outcome | None:
         """The refusal `acquire` would give right now, without taking a budget slot.
@@ -126,31 +162,76 @@ class Acquirer:
         self.journal.stage_waiting(record.key, reason)
         return Outcome(record.asset, Status.WAITING_FOR_QUOTA, error=reason)
 
-    async def _post_once(self, record: Record) -> DownloadGrant | Outcome | BulkGettyError:
-        """One POST with its journal brackets. A returned error certainly spent nothing."""
+    async def _post_once(
+        self, record: Record, purchase: Purchase
+    ) -> DownloadGrant | Outcome | BulkGettyError | _Doubt:
+        """One POST with its journal brackets, run as its own task (see purchases.py).
+
+        The intent is committed right before the request may leave (after the limiter and the
+        token), and every outcome is committed here, in this task, so that no cancellation of
+        the run drops a URI that arrived. A returned error certainly spent nothing.
+        """
         j = self.journal
-        intent_at = time.time()
-        try:
+        intent = False
+        sent_at = 0.0
+
+        async def before_send() -> None:
+            nonlocal intent, sent_at
+            purchase.committing()
+            intent = True
             await j.call(j.journal.record_intent, record.key)
-        except QuotaExceededError as exc:  # a shared ledger's budget is spent: nothing sent
-            self.budget.give_back()
-            return await self._quota_reached(record, exc)
+            purchase.sending()
+            sent_at = time.time()
+
         try:
-            grant = await self.client.download(record.asset)
-        except QuotaExceededError as exc:
+            grant = await self.client.download(record.asset, before_send=before_send)
+        except QuotaExceededError as exc:  # Getty's limit, or the shared ledger's budget
             self.budget.give_back()
             return await self._quota_reached(record, exc)
         except (AuthenticationError, CertificateError):  # fatal for the run, nothing sent
             self.budget.give_back()
-            await j.call(j.journal.record_not_spent, record.key, AssetState.PENDING, None)
+            if intent:
+                await j.call(j.journal.record_not_spent, record.key, AssetState.PENDING, None)
             raise
+        except PurchaseStopped as exc:
+            self.budget.give_back()
+            if intent:
+                await j.call(j.journal.record_not_spent, record.key, AssetState.PENDING, None)
+            return exc
+        except JournalError:
+            raise  # the claim or the journal is gone: the run stops (nothing to record it in)
         except BulkGettyError as exc:
             if exc.may_have_spent:
-                return await self._in_doubt(record, exc, intent_at)
+                # The settle time counts from here: the answer (or its loss) is what can
+                # still be on its way into the history, not the intent.
+                answered_at = time.time()
+                self.maybe_spent += 1
+                await j.call(j.journal.record_in_doubt, record.key, f"in doubt: {exc}")
+                return _Doubt(exc, sent_at, answered_at)
             self.budget.give_back()
-            await j.call(j.journal.record_not_spent, record.key, AssetState.FAILED, str(exc))
+            if intent:
+                await j.call(j.journal.record_not_spent, record.key, AssetState.FAILED, str(exc))
             return exc
-        await j.call(j.journal.record_acquired, record.key, grant.uri, grant.expires_at)
+        except asyncio.CancelledError:
+            if intent and not purchase.sent:  # stopped while committing the intent
+                self.budget.give_back()
+                await j.call(j.journal.record_not_spent, record.key, AssetState.PENDING, None)
+            raise
+        await self._commit_grant(record, grant)
+        return grant
+
+    async def _commit_grant(self, record: Record, grant: DownloadGrant) -> None:
+        """The URI is the paid download: commit it, trying again if the journal hiccups."""
+        j = self.journal
+        for attempt in range(1, COMMIT_TRIES + 1):
+            try:
+                await j.call(j.journal.record_acquired, record.key, grant.uri, grant.expires_at)
+                break
+            except JournalError:
+                if attempt == COMMIT_TRIES:
+                    self.spends += 1  # spent all the same: the account must say so
+                    raise
+                await asyncio.sleep(COMMIT_RETRY_WAIT * attempt)
         self.spends += 1
         a = record.asset
         self.emit(
@@ -158,7 +239,6 @@ class Acquirer:
                 id=a.id, asset_type=a.asset_type, product_type=a.product_type, spends=self.spends
             )
         )
-        return grant
 
     async def _quota_reached(self, record: Record, exc: QuotaExceededError) -> Outcome:
         product = QuotaGate.product(record)
@@ -172,20 +252,21 @@ class Acquirer:
         )
         return Outcome(record.asset, Status.WAITING_FOR_QUOTA, error=reason)
 
-    async def _in_doubt(
-        self, record: Record, exc: BulkGettyError, intent_at: float
-    ) -> Outcome | BulkGettyError:
+    async def _resolve_live_doubt(self, record: Record, doubt: _Doubt) -> Outcome | BulkGettyError:
         """The POST may have been charged: ask the history before anything else."""
         j = self.journal
-        await j.call(j.journal.record_in_doubt, record.key, f"in doubt: {exc}")
+        exc = doubt.error
         try:
-            spent = await self.was_spent(record, since=intent_at)
+            spent = await self.was_spent(
+                record, since=doubt.answered_at, window_start=doubt.sent_at
+            )
         except BulkGettyError as hist_exc:
             return self._failed(
                 record,
                 f"in doubt: the download request failed ({exc}) and the download history could "
                 f"not be checked ({hist_exc}); run again to resolve it",
             )
+        self.maybe_spent -= 1
         if spent:
             self.spends += 1
             why = f"the download was charged but its URI was lost ({exc})"
@@ -193,31 +274,42 @@ class Acquirer:
             return self._failed(record, reacquire_message(why))
         self.budget.give_back()
         await j.call(j.journal.record_cleared_doubt, record.key)
-        return exc
+        return exc  # proven not spent: the caller may try again
 
     async def resolve_doubt(self, record: Record) -> bool:
         """For an intent left by a crash: True if the history shows it was charged."""
-        spent = await self.was_spent(record, since=record.intent_at or 0.0)
+        # The intent is committed right before the request leaves; Getty may record the spend
+        # up to `send_bound` later (connecting, then its answer), but never after the process
+        # that sent it died, which was before this run started.
+        intent_at = record.intent_at or 0.0
+        since = min(intent_at + self.send_bound, self.started_at)
+        spent = await self.was_spent(record, since=since, window_start=intent_at)
         j = self.journal
         if spent:
             why = "an earlier run's download was charged but its URI was lost"
             await j.call(j.journal.record_spent_without_uri, record.key, reacquire_message(why))
         else:
             await j.call(j.journal.record_cleared_doubt, record.key)
+            if self.doubts_reserved:
+                self.budget.release_reserved()
         return spent
 
-    async def was_spent(self, record: Record, *, since: float) -> bool:
-        """Whether the history shows a spend of this asset since `since` (our intent).
+    async def was_spent(
+        self, record: Record, *, since: float, window_start: float | None = None
+    ) -> bool:
+        """Whether the history shows a spend of this asset at or after `window_start`.
 
-        Asked no sooner than `history_settle` seconds after `since`, so a spend still on
-        its way into the history is not read as "nothing was spent".
+        Asked no sooner than `history_settle` seconds after `since` (when the POST's outcome
+        was known), so a spend still on its way into the history is not read as "nothing was
+        spent". `window_start` (default: `since`) is the earliest the spend can be dated.
         """
         settle = since + self.history_settle - time.time()
         if settle > 0:
             await asyncio.sleep(settle)
         a = record.asset
         items = await self.client.asset_download_history(a.asset_type, a.id)
-        return any(_matches(item, record, since - HISTORY_SKEW) for item in items)
+        start = since if window_start is None else window_start
+        return any(_matches(item, record, start - HISTORY_SKEW) for item in items)
 
     def _failed(self, record: Record, error: str) -> Outcome:
         return Outcome(record.asset, Status.FAILED, error=error)
@@ -230,7 +322,16 @@ def _matches(item: HistoryItem, record: Record, since: float) -> bool:
 
 
 def _epoch(iso: str) -> float:
+    """A history date as epoch seconds; a date that cannot be placed counts as a spend.
+
+    Getty writes UTC, sometimes without a zone: such a date is UTC, never this machine's
+    local time (east of UTC a local reading would date a fresh spend hours too early and
+    take it for "not spent").
+    """
     try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+        when = datetime.fromisoformat(iso.strip().replace("Z", "+00:00"))
     except ValueError:
         return float("inf")  # unreadable date: assume it is ours, never re-spend on a guess
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

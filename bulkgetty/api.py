@@ -14,7 +14,7 @@ are short, name method, path, status and Getty's code, and never contain a secre
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin
@@ -72,6 +72,8 @@ NOT_A_TOKEN_PROBLEM = frozenset(
 )
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _KEPT_HEADERS = ("Location", "Retry-After", "X-Error-Detail")
+#: Awaited right before a spending request may leave (see `GettyClient.download`).
+BeforeSend = Callable[[], Awaitable[None]]
 _MAX_TEXT = 200
 
 
@@ -226,11 +228,20 @@ class GettyClient:
         self._wall_clock = wall_clock
         self._api_key = tokens.api_key
 
-    async def download(self, asset: Asset) -> DownloadGrant:
-        """Buy one download of `asset`: spends quota. Never blind-retried (see module doc)."""
+    async def download(
+        self, asset: Asset, *, before_send: BeforeSend | None = None
+    ) -> DownloadGrant:
+        """Buy one download of `asset`: spends quota. One try: the caller owns retries.
+
+        `before_send` is awaited right before each time the request may leave (after the
+        rate limiter and the token): the caller commits its intent there, so the intent's
+        time is the sending time, and may refuse to send (the run is stopping).
+        """
         path = f"/v3/downloads/{asset.asset_type}s/{quote(asset.id, safe='')}"
         params = asset.query(auto_download=self._auto_download)
-        answer = await self._call("POST", path, params=params, body=asset.body(), spending=True)
+        answer = await self._send_authorized(
+            "POST", path, params, asset.body(), spending=True, before_send=before_send
+        )
         what = f"POST {path}"
         if self._auto_download and answer.status in _REDIRECTS:
             location = answer.headers.get("Location")
@@ -342,10 +353,10 @@ class GettyClient:
         body: dict[str, str] | None,
         spending: bool,
     ) -> _Answer:
-        """One logical request: retried by the policy, spending POSTs only when safe."""
+        """One logical request that spends nothing, retried by the policy."""
         return await with_retries(
             self._policy,
-            lambda: self._send_authorized(method, path, params, body, spending),
+            lambda: self._send_authorized(method, path, params, body, spending=spending),
             is_spending_post=spending,
         )
 
@@ -355,21 +366,38 @@ class GettyClient:
         path: str,
         params: dict[str, str],
         body: dict[str, str] | None,
+        *,
         spending: bool,
+        before_send: BeforeSend | None = None,
     ) -> _Answer:
-        """Send once; on a 401 a new token can cure, drop the stale token and send once more."""
-        token = await self._tokens.token()
-        try:
-            return await self._send(method, path, params, body, spending, token)
-        except AuthenticationError as error:
-            if (
-                error.status != 401
-                or error.code in NOT_A_TOKEN_PROBLEM
-                or not self._tokens.can_refresh
-            ):
-                raise
-            await self._tokens.invalidate(token)
-        return await self._send(method, path, params, body, spending, await self._tokens.token())
+        """Send with a token taken after the limiter's wait; a stale token is replaced.
+
+        A 401 on a token that may have expired on its way (it was handed out valid, then the
+        request queued here or at the server) is a stale token, not refused credentials: drop
+        it and send again, a bounded number of times. The first 401 always gets one new token
+        (a revoked token looks fresh); after that only a token that could have expired in
+        transit does, so refused credentials still stop the run at once.
+        """
+        tries = 0
+        while True:
+            tries += 1
+            await self._limiter.acquire()
+            token = await self._tokens.token()
+            if before_send is not None:
+                await before_send()
+            try:
+                return await self._send(method, path, params, body, spending, token)
+            except AuthenticationError as error:
+                if not self._stale_token(error, token, tries):
+                    raise
+                await self._tokens.invalidate(token)
+
+    def _stale_token(self, error: AuthenticationError, token: str, tries: int) -> bool:
+        if error.status != 401 or error.code in NOT_A_TOKEN_PROBLEM:
+            return False
+        if not self._tokens.can_refresh or tries >= max(self._policy.attempts, 2):
+            return False
+        return tries == 1 or self._tokens.may_have_expired(token)
 
     async def _send(
         self,
@@ -380,7 +408,7 @@ class GettyClient:
         spending: bool,
         token: str,
     ) -> _Answer:
-        """One HTTP exchange through the limiter; error statuses raise our errors."""
+        """One HTTP exchange; error statuses raise our errors."""
         headers = {
             "Api-Key": self._api_key,
             "Authorization": f"Bearer {token}",
@@ -391,7 +419,6 @@ class GettyClient:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         url = self._base + path
-        await self._limiter.acquire()
 
         async def call() -> _Answer:
             async with self._session.request(
@@ -400,7 +427,9 @@ class GettyClient:
                 kept = {k: resp.headers[k] for k in _KEPT_HEADERS if k in resp.headers}
                 return _Answer(resp.status, kept, await resp.read())
 
+        started = time.monotonic()
         answer = await map_errors(call, sent_may_spend=spending)
+        self._tokens.note_latency(time.monotonic() - started)
         if answer.status < 400:
             self._limiter.on_success()
             return answer

@@ -119,6 +119,10 @@ class TokenProvider:
             credentials.refresh_token if credentials.grant == "refresh_token" else None
         )
         self._inflight: asyncio.Future[str] | None = None
+        self._expires_at = float("inf")
+        self._lifetime = DEFAULT_EXPIRES_IN
+        #: The slowest recent API exchange (decaying): a token must outlive a request's trip.
+        self._latency = 0.0
         #: Token requests sent (for tests and progress).
         self.requests = 0
 
@@ -134,7 +138,7 @@ class TokenProvider:
 
     async def token(self) -> str:
         """A valid access token; concurrent callers share one in-flight token request."""
-        if self._token is not None and (not self.can_refresh or self._clock() < self._refresh_at):
+        if self._token is not None and (not self.can_refresh or self._clock() < self._fresh_until):
             return self._token
         if self._inflight is None:
             task = asyncio.ensure_future(self._fetch())
@@ -147,6 +151,25 @@ class TokenProvider:
         if self.can_refresh and self._token == stale:
             self._token = None
             self._refresh_at = float("-inf")
+
+    @property
+    def _fresh_until(self) -> float:
+        """Hand the token out until then: its margin grows with the API's latency."""
+        return min(self._refresh_at, self._expires_at - self._margin(self._lifetime))
+
+    def may_have_expired(self, token: str) -> bool:
+        """Whether a 401 on `token` can be its expiry in transit rather than a refusal.
+
+        True when another worker already replaced it, or when it is within its margin of the
+        end of its life (the server's clock started it earlier than ours, by one round trip).
+        """
+        if token != self._token:
+            return True
+        return self._clock() >= self._expires_at - self._margin(self._lifetime)
+
+    def note_latency(self, seconds: float) -> None:
+        """One API exchange took `seconds`: refresh early enough to outlive such a trip."""
+        self._latency = max(seconds, self._latency * 0.9)
 
     def secrets(self) -> tuple[str, ...]:
         """The credentials' secrets plus the tokens in use now."""
@@ -245,8 +268,16 @@ class TokenProvider:
         if isinstance(refresh, str) and refresh:
             self._refresh_token = refresh
         self._token = access
-        self._refresh_at = self._clock() + expires_in - min(MAX_MARGIN, expires_in * MARGIN_SHARE)
+        self._lifetime = expires_in
+        self._expires_at = self._clock() + expires_in
+        self._refresh_at = self._expires_at - self._margin(expires_in)
         return access
+
+    def _margin(self, lifetime: float) -> float:
+        """Refresh this long before expiry: a share of the lifetime, or two slow trips, at most
+        half the lifetime (a shorter token than two trips is refreshed at half its life)."""
+        wanted = max(lifetime * MARGIN_SHARE, 2 * self._latency)
+        return min(MAX_MARGIN, wanted, lifetime / 2)
 
 
 def _seconds(value: object) -> float:

@@ -35,7 +35,7 @@ from .engine import Downloader, RunResult
 from .errors import BulkGettyError, DiskFullError, ManifestError, UsageError
 from .events import AssetAcquired, AssetFailed, Event, RunFinished
 from .history import HistoryFilter, history_to_manifest
-from .journal import STATE_DIR
+from .journal import STATE_DIR, private_file, private_state_dir
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
 from .plan import estimate, journal_records, remaining_quota
 from .progress import QuotaView, RunDisplay, summary_table
@@ -400,8 +400,9 @@ def run_options(args: argparse.Namespace, rate: float | None) -> RunOptions:
 def spool_stdin(out_dir: Path, stdin: TextIO) -> Path:
     """Keep stdin's ids in the state folder: the manifest is read twice (check, then run)."""
     state = out_dir / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
+    private_state_dir(state)
     path = state / "stdin-manifest.txt"
+    private_file(path)
     with open(path, "w", encoding="utf-8") as f:
         shutil.copyfileobj(stdin, f)
     return path
@@ -434,6 +435,7 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
         credentials, api_url, _ = await api_access(args, env, stack, emit)
         downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
         emit.redact = downloader.redact
+        emit.purchases_in_flight = lambda: downloader.purchases_in_flight
         await stack.enter_async_context(downloader)
         if emit.live:
             display = stack.enter_context(
@@ -467,6 +469,7 @@ async def ledger_run_command(
         downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
         downloader.redact.add(ledger_cli.secrets_of(dsn))
         emit.redact = downloader.redact
+        emit.purchases_in_flight = lambda: downloader.purchases_in_flight
         await stack.enter_async_context(downloader)
         rows = ledger_cli.ledger_rows(downloader.journal, batch)
         result = await downloader.run(rows, manifest="<ledger>")
@@ -487,6 +490,8 @@ class Emitter:
         self.live = not json_mode and not quiet and out.isatty()
         self.display: RunDisplay | None = None
         self.last: RunFinished | None = None
+        #: POSTs on the wire now (set by `run`): what a first Ctrl-C waits for.
+        self.purchases_in_flight: Callable[[], int] = lambda: 0
 
     def console(self) -> Console:
         return Console(file=self.out, highlight=False)
@@ -508,6 +513,8 @@ class Emitter:
             self.err.write(text + "\n")
 
     def finished(self, result: RunResult) -> None:
+        if result.error is not None:  # stopped after spending: say why, then the totals
+            self.err.write(fatal_text(result.error, self.redact) + "\n")
         if self.json_mode:
             return
         if self.live and self.last is not None:
@@ -647,11 +654,27 @@ async def sandbox_command(args: argparse.Namespace, env: Mapping[str, str], emit
 
 # entry point -------------------------------------------------------------------------------
 
+
+def fatal_text(exc: BulkGettyError, redact: Callable[[str], str]) -> str:
+    """The lines for an error that stopped a command, with what to do about it."""
+    text = f"bulkgetty: error: {redact(str(exc))}"
+    if isinstance(exc, DiskFullError):
+        text += (
+            "\nbulkgetty: free some space, then run the same command again: the journal is "
+            "consistent and partial files are kept"
+        )
+    return text
+
+
 Handler = Callable[[argparse.Namespace, Mapping[str, str], "Emitter"], Awaitable[int]]
 
 
-def _run_with_signals(coro_fn: Callable[[], Awaitable[int]], *, tty: bool) -> int:
-    """Ctrl-C / SIGTERM cancel the run (journal stays consistent); a second Ctrl-C exits now."""
+def _run_with_signals(
+    coro_fn: Callable[[], Awaitable[int]], *, tty: bool, purchases: Callable[[], int]
+) -> int:
+    """Ctrl-C / SIGTERM stop the run: no new purchase starts, the POSTs on the wire are
+    answered and their URIs committed (purchases.py), transfers stop (their `.part` resumes).
+    A second Ctrl-C exits at once, abandoning those POSTs (the next run resolves them)."""
 
     async def runner() -> int:
         loop = asyncio.get_running_loop()
@@ -668,7 +691,16 @@ def _run_with_signals(coro_fn: Callable[[], Awaitable[int]], *, tty: bool) -> in
                     sys.stdout.flush()
                 sys.stderr.write("bulkgetty: stopped at once; run the same command to resume\n")
                 os._exit(EXIT_INTERRUPTED)
-            sys.stderr.write("bulkgetty: stopping (Ctrl-C again to exit at once)...\n")
+            in_flight = purchases()
+            if in_flight:
+                noun = "purchase" if in_flight == 1 else "purchases"
+                sys.stderr.write(
+                    f"bulkgetty: stopping: finishing {in_flight} {noun} in flight; "
+                    "Ctrl-C again to abandon them\n"
+                )
+            else:
+                sys.stderr.write("bulkgetty: stopping (Ctrl-C again to exit at once)...\n")
+            sys.stderr.flush()
             task.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -696,22 +728,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handler: Handler = args.handler
     try:
-        return _run_with_signals(lambda: handler(args, os.environ, emit), tty=emit.live)
+        return _run_with_signals(
+            lambda: handler(args, os.environ, emit),
+            tty=emit.live,
+            purchases=lambda: emit.purchases_in_flight(),
+        )
     except ManifestError as exc:
         sys.stderr.write(f"{exc}\nbulkgetty: the manifest has bad rows; nothing was spent\n")
         return exc.exit_code
     except BulkGettyError as exc:
         if args.debug:
             traceback.print_exc()
-        sys.stderr.write(f"bulkgetty: error: {emit.redact(str(exc))}\n")
+        sys.stderr.write(fatal_text(exc, emit.redact) + "\n")
         if isinstance(exc, UsageError):
             spent = "nothing was spent; " if args.command in ("run", "plan") else ""
             sys.stderr.write(f"bulkgetty: {spent}see `bulkgetty {args.command} --help`\n")
-        elif isinstance(exc, DiskFullError):
-            sys.stderr.write(
-                "bulkgetty: free some space, then run the same command again: the journal is "
-                "consistent and partial files are kept\n"
-            )
         return exc.exit_code
     except Exception as exc:  # a bug or an environment failure: one line, not a traceback
         if args.debug:

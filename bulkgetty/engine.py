@@ -37,6 +37,7 @@ from .errors import (
     BulkGettyError,
     CertificateError,
     DiskFullError,
+    JournalError,
     StorageError,
     UriExpiredError,
     UsageError,
@@ -82,6 +83,9 @@ class RunResult:
     summary: RunSummary
     report_path: Path
     exit_code: int
+    #: What stopped the run early after it had spent (a full disk, the journal, refused
+    #: credentials): the run still reported every asset and exits 1, not 2.
+    error: BulkGettyError | None = None
 
 
 @dataclass(slots=True)
@@ -193,7 +197,29 @@ class Downloader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._stack.aclose()
+        try:
+            await self._drain_purchases()
+        finally:
+            await self._stack.aclose()
+
+    @property
+    def purchases_in_flight(self) -> int:
+        """Download POSTs on the wire now: a stop waits for their answers (and URIs)."""
+        acquirer = getattr(self, "acquirer", None)
+        return 0 if acquirer is None else acquirer.purchases.sent
+
+    async def _drain_purchases(self) -> None:
+        """Start no new POST; wait for those on the wire, which commit their own outcome.
+
+        Shielded: this runs while the run is being cancelled, and abandoning a POST that left
+        would lose a paid URI. Bounded by the POSTs' own HTTP timeouts.
+        """
+        acquirer = getattr(self, "acquirer", None)
+        if acquirer is None:
+            return
+        acquirer.purchases.stop()
+        with anyio.CancelScope(shield=True):
+            await acquirer.purchases.drain()
 
     @property
     def journal(self) -> AsyncJournalLike:
@@ -256,6 +282,8 @@ class Downloader:
             self.policy,
             self._emit,
             history_settle=self.options.history_settle,
+            send_bound=self.options.connect_timeout + self.options.stall_timeout,
+            doubts_reserved=self.options.cap_all_runs,
         )
         self._seen = 0
         self._rows_read = 0
@@ -271,14 +299,22 @@ class Downloader:
             try:
                 await self._pipeline(source, run_id)
             except BaseExceptionGroup as group:
-                raise _disk_full_in(group) or group from None
-            if self._fatal is not None and self.acquirer.spends:
+                error = _bulkgetty_error_in(group)
+                if error is None:
+                    raise
+                await self._stopped_by(error)
+            except BulkGettyError as error:
+                await self._stopped_by(error)
+            if self._fatal is not None and self._spent_or_maybe():
                 await self._report_unprocessed(source)
             await j.flush()
-            await self._sweep_orphan_parts()
+            if self._fatal is None:  # after a fatal stop, a `.part` may still be the journal's
+                await self._sweep_orphan_parts()
         finally:
+            await self._drain_purchases()
             self.report.close()
-            await j.flush()
+            with anyio.CancelScope(shield=True):
+                await j.flush()
         self.summary.spends = self.acquirer.spends
         self.summary.wall = time.monotonic() - self.summary.started
         code = self._exit_code()
@@ -296,18 +332,33 @@ class Downloader:
                 exit_code=code,
             )
         )
-        if self._fatal is not None and self.summary.spends == 0:
+        if self._fatal is not None and not self._spent_or_maybe():
             raise self._fatal
-        return RunResult(self.summary, self.report.path, code)
+        return RunResult(self.summary, self.report.path, code, error=self._fatal)
+
+    def _spent_or_maybe(self) -> bool:
+        """Whether this run spent, or may have spent, a download (then it never exits 2)."""
+        return self.acquirer.spends > 0 or self.acquirer.maybe_spent > 0
+
+    async def _stopped_by(self, error: BulkGettyError) -> None:
+        """A stage failed for good (disk full, journal): nothing new starts; POSTs on the wire
+        finish and commit their URIs (the journal's reserve gives them room on a full disk)."""
+        self._abort(error)
+        await self._drain_purchases()
+        if not self._spent_or_maybe():
+            raise error
 
     async def _cap(self) -> int | None:
-        """This run's `--max-downloads`, less what earlier runs spent when the cap spans runs."""
+        """This run's `--max-downloads`, less what earlier runs spent (or may have spent) when
+        the cap spans runs."""
         cap = self.options.max_downloads
         if cap is None or not self.options.cap_all_runs:
             return cap
         j = self.journal
-        spent = (await j.call(j.journal.totals)).spends
-        return max(0, cap - spent)
+        totals = await j.call(j.journal.totals)
+        # An intent or in-doubt POST of an earlier run may have spent: it holds its download
+        # until the history says otherwise (the acquirer gives it back then).
+        return max(0, cap - totals.spends - totals.in_doubt)
 
     async def _sweep_orphan_parts(self) -> None:
         """Remove `.part` files that no unfinished asset can resume into (see files.py)."""
@@ -317,7 +368,7 @@ class Downloader:
 
     def _exit_code(self) -> int:
         if self._fatal is not None:
-            return self._fatal.exit_code if self.summary.spends == 0 else 1
+            return 1 if self._spent_or_maybe() else self._fatal.exit_code
         return self.summary.exit_code
 
     async def _pipeline(self, rows: Rows, run_id: int) -> None:
@@ -502,7 +553,7 @@ class Downloader:
                 why = "an earlier run's download was charged but its URI was lost"
                 return Outcome(record.asset, Status.FAILED, error=reacquire_message(why))
             return await self.acquirer.acquire(record)
-        except (AuthenticationError, CertificateError) as exc:  # no other asset can do better
+        except (AuthenticationError, CertificateError, JournalError) as exc:  # fatal
             self._abort(exc)
             return None
         except BulkGettyError as exc:
@@ -649,16 +700,19 @@ class Downloader:
         return result
 
 
-def _disk_full_in(group: BaseExceptionGroup[BaseException]) -> DiskFullError | None:
-    """The disk-full error that stopped a stage, so the caller sees it and not a group."""
+def _bulkgetty_error_in(group: BaseExceptionGroup[BaseException]) -> BulkGettyError | None:
+    """The error of ours that stopped a stage (a full disk first), so the caller sees it."""
+    found: list[BulkGettyError] = []
     for exc in group.exceptions:
-        if isinstance(exc, DiskFullError):
-            return exc
         if isinstance(exc, BaseExceptionGroup):
-            found = _disk_full_in(exc)
-            if found is not None:
-                return found
-    return None
+            inner = _bulkgetty_error_in(exc)
+            if inner is not None:
+                found.append(inner)
+        elif isinstance(exc, BulkGettyError):
+            found.append(exc)
+        else:
+            return None  # a bug or a cancellation: let it through as it is
+    return next((e for e in found if isinstance(e, DiskFullError)), found[0] if found else None)
 
 
 async def _unique(rows: Rows) -> AsyncIterator[Asset]:

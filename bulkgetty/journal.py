@@ -64,6 +64,33 @@ P = ParamSpec("P")
 
 #: Everything bulkgetty keeps besides finished files lives here, inside the output folder.
 STATE_DIR: Final = ".bulkgetty"
+#: Bytes kept free for the journal in `DIR/.bulkgetty/reserve`: on a full disk they are given
+#: back so that the URIs of the POSTs still in flight can be committed (a URI that arrived is
+#: a paid download). Enough for a few hundred small commits.
+RESERVE_BYTES: Final = 256 * 1024
+
+
+def private_state_dir(state_dir: Path) -> None:
+    """The state folder is the owner's alone (0700), whatever the umask.
+
+    The journal holds delivery URIs: each is a bearer credential for its paid file for 24 h,
+    so on a shared machine or a cluster filesystem no other local user may read them.
+    """
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if state_dir.stat().st_mode & 0o077:
+        os.chmod(state_dir, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create `path` as 0600 (or tighten it to 0600): the owner's alone, whatever the umask."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 SCHEMA_VERSION: Final = 1
 #: Most calls one commit may carry; bounds the latency a burst adds to its first caller.
 GROUP_LIMIT: Final = 256
@@ -195,9 +222,12 @@ class Journal:
             uri = f"file:{self.path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_state_dir(self.state_dir)
         if lock:
             self._lock_fd = self._take_lock(out_dir)
+        # SQLite gives its -wal and -shm files the database file's mode: create it 0600.
+        private_file(self.path)
+        self._keep_reserve()
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self.journal_mode = journal_mode_for(self.state_dir)
         self._db.execute(f"PRAGMA journal_mode={self.journal_mode}")
@@ -208,7 +238,7 @@ class Journal:
     def _take_lock(self, out_dir: Path) -> int:
         """Hold an exclusive lock for the life of the run; a second run fails at once."""
         lock_path = self.state_dir / "lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -221,6 +251,31 @@ class Journal:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
+
+    def _keep_reserve(self) -> None:
+        """Hold RESERVE_BYTES for the journal (best effort: a disk already full has none)."""
+        path = self.state_dir / "reserve"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return
+        try:
+            if os.fstat(fd).st_size < RESERVE_BYTES:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except OSError:
+            os.ftruncate(fd, 0)  # no room: keep no half reserve that frees nothing useful
+        finally:
+            os.close(fd)
+
+    def release_reserve(self) -> bool:
+        """The disk is full: give the reserve back so pending commits fit; False if none."""
+        path = self.state_dir / "reserve"
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError:
+            return False
+        return size > 0
 
     # shard binding ---------------------------------------------------------------------
 
@@ -685,6 +740,13 @@ def _serve(
 
 
 def _run_group(journal: Journal, batch: list[_Call]) -> None:
+    """Run a batch as one commit; on a full disk, once more after giving the reserve back."""
+    _try_group(journal, batch)
+    if any(_is_full(call) for call in batch) and journal.release_reserve():
+        _try_group(journal, [call for call in batch if not call.ok])
+
+
+def _try_group(journal: Journal, batch: list[_Call]) -> None:
     if len(batch) == 1 or journal.closed:
         for call in batch:  # a lone call (close() among them) needs no group transaction
             _run_one(call)
@@ -697,9 +759,18 @@ def _run_group(journal: Journal, batch: list[_Call]) -> None:
         full = isinstance(exc, sqlite3.OperationalError) and (
             exc.sqlite_errorcode == sqlite3.SQLITE_FULL
         )
-        error = _disk_full(journal) if full else JournalError(f"journal commit failed: {exc}")
+        error = exc if full else JournalError(f"journal commit failed: {exc}")
         for call in batch:
             call.ok, call.result = False, error
+
+
+def _is_full(call: _Call) -> bool:
+    exc = call.result
+    return (
+        not call.ok
+        and isinstance(exc, sqlite3.OperationalError)
+        and exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+    )
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

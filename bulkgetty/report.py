@@ -19,6 +19,7 @@ import orjson
 
 from .assets import Asset
 from .errors import DiskFullError, StorageError
+from .journal import STATE_DIR, private_file
 
 __all__ = ("Outcome", "Redactor", "ReportRow", "ReportWriter", "RunSummary", "Status")
 
@@ -141,6 +142,8 @@ class ReportWriter:
 
     def __init__(self, path: Path, out_dir: Path, redact: Redactor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent.name == STATE_DIR:  # the state folder's files are the owner's alone
+            private_file(path)
         self._file: IO[bytes] = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._out_dir = out_dir
         self._redact = redact

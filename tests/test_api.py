@@ -253,18 +253,22 @@ async def test_200_without_uri_may_have_spent(getty: FakeGetty, kit: Callable[..
     assert caught.value.may_have_spent
 
 
-async def test_429_slows_the_limiter_and_the_post_is_retried(
+async def test_429_on_a_download_slows_the_limiter_and_is_raised_after_one_try(
     getty: FakeGetty, kit: Callable[..., Kit]
 ) -> None:
+    """A spending POST is sent once per call: the acquirer owns its retries (each try is one
+    purchase with its own intent), so the client must not loop on it behind its back."""
     getty.script(
         "POST /v3/downloads/images/123",
         reply(429, {"message": QPS}, headers={"X-Error-Detail": QPS}),
         reply(200, {"uri": "https://d.example/x"}),
     )
     k = kit(rate=8.0)
-    assert (await k.client.download(ASSET)).uri == "https://d.example/x"
-    assert len(getty.hits("POST", "/v3/downloads")) == 2
+    with pytest.raises(RateLimitedError):
+        await k.client.download(ASSET)
+    assert len(getty.hits("POST", "/v3/downloads")) == 1
     assert k.limiter.current_rate is not None and k.limiter.current_rate < 8.0
+    assert (await k.client.download(ASSET)).uri == "https://d.example/x"
 
 
 async def test_legacy_403_qps_limit_is_throttling_and_retried(

@@ -32,6 +32,7 @@ from bulkgetty.events import (
     RunFinished,
     RunStarted,
 )
+from bulkgetty.journal import Journal
 from bulkgetty.retry import RetryPolicy
 from bulkgetty.sandbox import Faults, Product, Sandbox, SandboxConfig
 
@@ -677,34 +678,58 @@ async def test_cancelled_run_leaves_no_task_and_rerun_completes(tmp_path: Path) 
         assert not list(out.rglob("*.part"))
 
 
-async def test_cancel_during_a_hanging_post_is_resolved_not_rebought(tmp_path: Path) -> None:
-    """A POST charged but unanswered when the run was cancelled is never blind-retried."""
-    config = replace(BASE, faults=Faults(post_hang={"100": 30.0}))
+async def test_cancel_during_a_slow_post_waits_for_its_answer_and_keeps_the_uri(
+    tmp_path: Path,
+) -> None:
+    """Cancelling the run while a charged POST is still answering does not drop it: the run
+    waits for the answer, commits the URI, and the rerun downloads it without spending."""
+    config = replace(BASE, faults=Faults(post_hang={"100": 1.5}))
     async with Sandbox(config) as sb:
         out = tmp_path / "out"
         opts = RunOptions(out_dir=out, api_rate=None, concurrency=1, history_settle=SETTLE)
         creds = Credentials.from_env(sb.credentials_env())
         async with Downloader(creds, opts, api_url=sb.api_url, policy=POLICY) as d:
-            task = asyncio.create_task(d.run([Asset("100")]))
+            task = asyncio.create_task(d.run([Asset("100"), Asset("101")]))
             async with asyncio.timeout(20):
                 while not sb.ledger:
                     await asyncio.sleep(0.01)
+            assert d.purchases_in_flight == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+        assert total_spends(sb) == 1, "the stop started a new purchase"
+
+        run = await download(sb, out, [Asset("100"), Asset("101")])
+        assert run.exit_code == 0
+        assert sb.stats.post_requests["image/100"] == 1
+        assert total_spends(sb) == 2  # 100 once (its URI was kept), 101 once
+        assert_file_matches(sb, run, Asset("100"), out)
+
+
+async def test_cancel_before_a_post_leaves_sends_nothing(tmp_path: Path) -> None:
+    """A purchase still waiting for the rate limiter when the run is cancelled never leaves:
+    no spend, and the asset is pending (not in doubt) for the next run."""
+    async with Sandbox(BASE) as sb:
+        out = tmp_path / "out"
+        opts = RunOptions(out_dir=out, api_rate=0.4, concurrency=1, history_settle=SETTLE)
+        creds = Credentials.from_env(sb.credentials_env())
+        async with Downloader(creds, opts, api_url=sb.api_url, policy=POLICY) as d:
+            task = asyncio.create_task(d.run([Asset("100"), Asset("101")]))
+            async with asyncio.timeout(20):
+                while not sb.ledger:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # the second POST now waits ~2 s for its limiter slot
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
         assert total_spends(sb) == 1
-
-        run = await download(sb, out, [Asset("100")])
-        assert sb.stats.post_requests["image/100"] == 1
-        assert total_spends(sb) == 1
-        row = run.row("100")
-        assert row["status"] == "failed"
-        assert "--reacquire-expired" in row["error"]
-
-        flagged = await download(sb, out, [Asset("100")], reacquire_expired=True)
-        assert flagged.exit_code == 0
-        assert_file_matches(sb, flagged, Asset("100"), out)
-        assert total_spends(sb) == 2
+        assert sb.stats.post_requests["image/101"] == 0
+        journal = Journal(out, lock=False, read_only=True)
+        try:
+            record = journal.get(Asset("101").key)
+        finally:
+            journal.close()
+        assert record is not None and record.state.value == "pending"
 
 
 # ------------------------------------------------------------------ credentials

@@ -107,11 +107,12 @@ def _gateway(handler: Handler, *, bearer: bool | None) -> Handler:
                 )
             if not state.allow(key):
                 raise _THROTTLED
-            if state.config.api_latency:
-                await asyncio.sleep(state.config.api_latency)
-            if bearer is not False:
-                _check_bearer(request, state, required=bearer is True)
-            return await handler(request)
+            async with state.api_turn():
+                if state.config.api_latency:
+                    await asyncio.sleep(state.config.api_latency)
+                if bearer is not False:
+                    _check_bearer(request, state, required=bearer is True)
+                return await handler(request)
         except ApiError as exc:
             return _json(exc.body, exc.status, exc.headers)
 
@@ -424,7 +425,9 @@ def _history_item(state: SandboxState, spend: Spend) -> dict[str, Any]:
     return {
         "id": spend.id,
         "asset_type": spend.asset_type,
-        "date_downloaded": _iso(spend.at),
+        "date_downloaded": _iso(spend.at).rstrip("Z")
+        if state.config.history_naive_dates
+        else _iso(spend.at),
         "product_type": spend.product_type,
         "product_id": spend.product_id,
         "agreement_name": product.agreement_name if product else None,

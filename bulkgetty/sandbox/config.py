@@ -138,6 +138,9 @@ class SandboxConfig:
     #: real monotonic time, not `clock`, so a frozen test clock cannot starve it.
     qps: float | None = None
     api_latency: float = 0.0
+    #: Serve API requests one at a time (each holding `api_latency`): requests queue at the
+    #: server, so a token valid when sent can be expired when its request is handled.
+    api_serial: bool = False
     delivery_latency: float = 0.0
     #: Bytes per second per delivery response; None is unlimited.
     bandwidth: int | None = None
@@ -147,6 +150,8 @@ class SandboxConfig:
     spend_on_repeat: bool = True
     #: Seconds before a spend shows in the download history (Getty's lag is undocumented).
     history_lag: float = 0.0
+    #: Write history dates without a time zone (`2026-12-03T08:00:00`, UTC as Getty means it).
+    history_naive_dates: bool = False
     #: External delivery base URL (e.g. nginx serving `write_corpus` output). Signed URIs then
     #: point there; the sandbox's own delivery origins still serve the same paths.
     delivery_base: str | None = None

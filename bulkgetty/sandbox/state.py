@@ -6,7 +6,9 @@ sandbox's event loop, so no locks.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -108,7 +110,16 @@ class SandboxState:
         #: Every access and refresh token ever issued: what a leak scan looks for.
         self.issued_tokens: list[str] = []
         self._buckets: dict[str, _Bucket] = {}
+        self._serial: asyncio.Lock | None = None
         self.reset_quota()
+
+    def api_turn(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Where an API request waits for its turn: one at a time with `api_serial`."""
+        if not self.config.api_serial:
+            return contextlib.nullcontext()
+        if self._serial is None:
+            self._serial = asyncio.Lock()  # made on the serving loop, at first use
+        return self._serial
 
     # --- config and quota ---
 
