@@ -125,7 +125,11 @@ class _Client:
     posts: list[str] = field(default_factory=list)
     asked: list[tuple[str, str]] = field(default_factory=list)
 
-    async def download(self, asset: Asset) -> DownloadGrant:
+    async def download(
+        self, asset: Asset, *, before_send: Callable[[], Awaitable[None]] | None = None
+    ) -> DownloadGrant:
+        if before_send is not None:  # as the real client: the intent right before sending
+            await before_send()
         self.posts.append(asset.id)
         answer = self.answers.pop(0)
         if isinstance(answer, BulkGettyError):
