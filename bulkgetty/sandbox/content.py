@@ -1,9 +1,10 @@
 """Deterministic file content, generated on the fly by slicing one random pool.
 
-A file is a media magic header followed by bytes of a seeded 4 MiB pool, starting at an
-offset derived from (seed, asset type, id, variant, generation) and wrapping around. No file
-is ever stored and serving costs one memoryview slice per chunk, so the sandbox can feed a
-benchmark at memory speed.
+A file is real media (`bulkgetty.sandbox.media`: a JPEG of the asked height, an MP4 with a
+`moov`) padded with bytes of a seeded 4 MiB pool, starting at an offset derived from (seed,
+asset type, id, variant, generation) and wrapping around; an EPS is its magic line then pool
+bytes. No file is ever stored and serving costs one memoryview slice per chunk, so the sandbox
+can feed a benchmark at memory speed.
 
 Delivery paths (also the file layout `write_corpus` produces, for nginx and friends):
 
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
+
+from .media import POOL_SIZE, jpeg_parts, minimum_length, mp4_parts, pool_run
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -39,15 +41,10 @@ __all__ = (
     "write_corpus",
 )
 
-POOL_SIZE = 4 * 2**20
 CHUNK = 2**20
 _LAST_MODIFIED_BASE = 1_767_225_600  # 2026-01-01T00:00:00Z
 
-_MAGIC = {
-    "jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00",
-    "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n",
-    "mp4": b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",
-}
+_EPS_MAGIC = b"%!PS-Adobe-3.0 EPSF-3.0\n"
 CONTENT_TYPES = {"jpg": "image/jpeg", "eps": "application/postscript", "mp4": "video/mp4"}
 
 
@@ -108,7 +105,8 @@ class FileSpec:
 
     def slices(self, start: int = 0, end: int | None = None) -> Iterator[memoryview]:
         """Bytes [start, end) as zero-copy views of at most `CHUNK` bytes."""
-        return _slices(self.ext, self.seed, self.offset, start, self.length if end is None else end)
+        parts = _parts(self.variant, self.ext, self.seed, self.offset, self.length)
+        return _slices(parts, start, self.length if end is None else end)
 
 
 def extension(asset_type: str, variant: Variant) -> str:
@@ -117,26 +115,28 @@ def extension(asset_type: str, variant: Variant) -> str:
     return "eps" if variant.file_type == "eps" else "jpg"
 
 
-@functools.cache
-def _pool(seed: int) -> bytes:
-    """The pool twice over, so any slice of up to POOL_SIZE bytes is contiguous."""
-    data = random.Random(seed).randbytes(POOL_SIZE)
-    return data + data
+def _parts(variant: Variant, ext: str, seed: int, offset: int, length: int) -> list[memoryview]:
+    """The file as consecutive views: media structure and pool padding."""
+    if ext == "jpg":
+        return jpeg_parts(variant.height, length, seed, offset)
+    if ext == "mp4":
+        return mp4_parts(variant.size, length, seed, offset)
+    head = memoryview(_EPS_MAGIC)[:length]
+    return [head, *pool_run(seed, offset + len(head), length - len(head))]
 
 
-def _slices(ext: str, seed: int, offset: int, start: int, end: int) -> Iterator[memoryview]:
-    magic = _MAGIC[ext]
-    pool = memoryview(_pool(seed))
-    pos = start
-    if pos < len(magic) and pos < end:
-        head = memoryview(magic)[pos : min(len(magic), end)]
-        yield head
-        pos += len(head)
-    while pos < end:
-        p = (offset + pos) % POOL_SIZE
-        n = min(CHUNK, end - pos)
-        yield pool[p : p + n]
-        pos += n
+def _slices(parts: list[memoryview], start: int, end: int) -> Iterator[memoryview]:
+    """Bytes [start, end) of the concatenated parts, in views of at most CHUNK bytes."""
+    pos = 0
+    for part in parts:
+        stop = pos + len(part)
+        if stop > start and pos < end:
+            lo, hi = max(start, pos) - pos, min(end, stop) - pos
+            for at in range(lo, hi, CHUNK):
+                yield part[at : min(hi, at + CHUNK)]
+        pos = stop
+        if pos >= end:
+            return
 
 
 def normalized(asset_type: str, variant: Variant) -> Variant:
@@ -167,6 +167,8 @@ def file_spec(
     else:
         lo, hi = config.video_bytes if asset_type == "video" else config.image_bytes
         length = lo + (h >> 24) % max(1, hi - lo + 1)
+    ext = extension(asset_type, variant)
+    length = max(length, minimum_length(ext, variant.height, variant.size))
     return FileSpec(asset_type, asset_id, variant, length, h % POOL_SIZE, generation, config.seed)
 
 
@@ -176,7 +178,8 @@ def content(
     """The bytes of one file of the given length, as zero-copy chunks."""
     variant = normalized(asset_type, variant)
     offset = _hash_int(seed, asset_type, asset_id, _variant_tag(variant), generation) % POOL_SIZE
-    return _slices(extension(asset_type, variant), seed, offset, 0, length)
+    ext = extension(asset_type, variant)
+    return _slices(_parts(variant, ext, seed, offset, length), 0, length)
 
 
 @functools.lru_cache(maxsize=4096)
