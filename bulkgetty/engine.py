@@ -597,6 +597,11 @@ class Downloader:
             flight.done, flight.total = new.done, new.total
             j.stage_progress(record.key, new.to_json())
 
+        async def on_new_part(new: TransferState) -> None:
+            # Committed now, not at the next tick: a kill before then must find the name.
+            on_state(new)
+            await j.flush()
+
         def on_progress(n: int) -> None:
             self._bytes_moved += n
             flight.done += n
@@ -612,6 +617,7 @@ class Downloader:
                 options=options,
                 on_state=on_state,
                 on_progress=on_progress,
+                on_new_part=on_new_part,
             )
 
         reacquired = work.rebought

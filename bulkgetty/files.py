@@ -531,6 +531,10 @@ class PartFile:
         """Reserve `size` bytes on disk now, so ENOSPC comes before the download, not after."""
         await self._run(_preallocate, self.fd, size, what="preallocate")
 
+    async def datasync(self) -> None:
+        """fdatasync: what was written so far survives a power cut (say so only after it)."""
+        await self._run(os.fdatasync, self.fd, what="sync")
+
     async def size(self) -> int:
         """Current length of the `.part` on disk."""
         result: int = await self._run(lambda fd: os.fstat(fd).st_size, self.fd, what="stat")
@@ -606,6 +610,10 @@ class NewPart:
     async def truncate(self, size: int) -> None:
         if self.part is not None:
             await self.part.truncate(size)
+
+    async def datasync(self) -> None:
+        if self.part is not None:
+            await self.part.datasync()
 
     async def finish(
         self, *, durable: bool = True, tail: _Batch | None = None, hasher: Any | None = None

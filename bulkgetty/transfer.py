@@ -26,32 +26,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import re
-import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 import orjson
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from .errors import (
     BulkGettyError,
-    DeliveryError,
     IntegrityError,
     JournalError,
     ReadError,
     RedirectError,
-    UriExpiredError,
     UsageError,
 )
 from .files import (
+    WRITE_BATCH,
     HashFollower,
     NewPart,
     OutputDir,
@@ -63,6 +59,20 @@ from .files import (
 )
 from .files import parse_content_disposition as _parse_cd
 from .http import check_url_scheme, map_errors
+from .validate import (
+    check_content_range,
+    close_delimited,
+    content_length,
+    raise_for_status,
+    redact_url,
+    refuse_error_page,
+    same_body,
+    sniff_error_page,
+    surplus_after_body,
+    total_from_probe,
+    unsatisfied_total,
+)
+from .validate import where as _where
 
 __all__ = (
     "Segment",
@@ -74,24 +84,9 @@ __all__ = (
 )
 
 _REDIRECT_CODES: Final = frozenset({301, 302, 303, 307, 308})
-_REFUSED_CODES: Final = frozenset({401, 403, 410})
-_ERROR_PAGE_TYPES: Final = frozenset(
-    {"text/html", "application/xml", "text/xml", "application/json"}
-)
-_UNTYPED: Final = frozenset({None, "application/octet-stream", "binary/octet-stream"})
-_ERROR_PAGE_PREFIXES: Final = (b"<!doctype", b"<html", b"<?xml")
-_EXPIRED_MARKERS: Final = (
-    b"accessdenied",
-    b"expired",
-    b"signaturedoesnotmatch",
-    b"invalidtoken",
-    b"request has expired",
-)
 _SECRET_HEADERS: Final = ("authorization", "api-key")
-_PEEK_BYTES: Final = 4096
 #: Report the state to the journal at least this often while streaming.
 _STATE_EVERY: Final = 8 * 2**20
-_CONTENT_RANGE: Final = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
 # ------------------------------------------------------------------------ data
@@ -199,16 +194,6 @@ class TransferResult:
     resumed_from: int
 
 
-def redact_url(url: str | URL) -> str:
-    """`scheme://host[:port]/path`: a URL fit for a message (no signature, no userinfo)."""
-    parts = urlsplit(str(url))
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 # -------------------------------------------------------------------- entry point
 
 
@@ -223,8 +208,14 @@ async def transfer(
     options: TransferOptions,
     on_state: Callable[[TransferState], None],
     on_progress: Callable[[int], None],
+    on_new_part: Callable[[TransferState], Awaitable[None]] | None = None,
 ) -> TransferResult:
     """Fetch `uri` into `out` once; resume from `state` when the `.part` allows it.
+
+    `on_new_part` is awaited with the first state that names a new `.part` (with its
+    validators), before any byte is written into it: the caller commits it, so a kill a
+    moment later leaves a `.part` its rerun adopts instead of one that belongs to nobody.
+    Every state passed to `on_state` claims only bytes already fdatasync'ed (when durable).
 
     Raises UriExpiredError (signature refused: do not retry, re-acquiring spends),
     RedirectError, IntegrityError, DeliveryError, ConnectError/ReadError or StorageError.
@@ -240,6 +231,7 @@ async def transfer(
         options=options,
         on_state=on_state,
         on_progress=on_progress,
+        on_new_part=on_new_part,
         state=state or TransferState(),
     )
     result = await attempt.run()
@@ -269,6 +261,7 @@ class _Attempt:
     options: TransferOptions
     on_state: Callable[[TransferState], None]
     on_progress: Callable[[int], None]
+    on_new_part: Callable[[TransferState], Awaitable[None]] | None
     state: TransferState
     refetched: int = 0
     resumed_from: int = 0
@@ -279,15 +272,20 @@ class _Attempt:
     wanted: str | None = None
     #: Hashes a segmented file behind its writers (woken by every write).
     follower: HashFollower | None = None
+    #: Syncs the `.part`, then reports the positions it covers (see `_claim`).
+    claiming: asyncio.Task[None] | None = None
 
     async def run(self) -> TransferResult:
         _check_hop(self.uri, what="delivery URI")
         self._keep_reserved_name()
-        if self.state.segments and self._segments_valid():
-            return await self._resume_segments()
-        if self.state.segments:
-            self.state = TransferState(name=self.state.name)
-        return await self._single()
+        try:
+            if self.state.segments and self._segments_valid():
+                return await self._resume_segments()
+            if self.state.segments:
+                self.state = TransferState(name=self.state.name)
+            return await self._single()
+        finally:
+            await self._drop_claim()
 
     # ---- names and state
 
@@ -321,19 +319,23 @@ class _Attempt:
         )
         self._emit()
 
-    def _emit(self) -> None:
-        """Report what is on disk right now (flushed bytes only) to the journal."""
+    def _emit(self, positions: Sequence[int] | None = None) -> None:
+        """Report the writers' `positions` (default: where they are now) to the journal.
+
+        Only positions already claimed, or synced by `_claim`/`_save_progress`, are passed.
+        """
         self.unreported = 0
         if self.state.name is None and self.writers and self.writers[0].part.name is not None:
             self.state = replace(self.state, name=self.writers[0].part.name)
+        at = [w.position for w in self.writers] if positions is None else positions
         if self.state.segments:
             segs = tuple(
-                replace(s, done=w.position - s.start)
-                for s, w in zip(self.state.segments, self.writers, strict=True)
+                replace(s, done=pos - s.start)
+                for s, pos in zip(self.state.segments, at, strict=True)
             )
             self.state = replace(self.state, segments=segs, done=sum(s.done for s in segs))
-        elif self.writers:
-            self.state = replace(self.state, done=self.writers[0].position)
+        elif at:
+            self.state = replace(self.state, done=at[0])
         self.on_state(self.state)
 
     def _progress(self, nbytes: int) -> None:
@@ -343,10 +345,46 @@ class _Attempt:
             self.on_progress(nbytes)
             self.unreported += nbytes
             if self.unreported >= _STATE_EVERY:
-                self._emit()
+                self._claim()
+
+    def _claim(self) -> None:
+        """Report the bytes written so far once an fdatasync has put them on disk.
+
+        A preallocated `.part` reads back zeros where a power cut lost unsynced writes, so
+        its length proves nothing: the journal may only hear of synced bytes. The sync runs
+        beside the stream (one at a time, from a snapshot of the positions), so writing goes
+        on while the disk catches up; writeback of each batch is already under way.
+        """
+        self.unreported = 0
+        if self.claiming is None or self.claiming.done():
+            positions = [w.position for w in self.writers]
+            self.claiming = asyncio.create_task(self._sync_then_emit(positions))
+
+    async def _sync_then_emit(self, positions: Sequence[int]) -> None:
+        if self.options.durable and self.writers:
+            try:
+                await self.writers[0].part.datasync()
+            except BulkGettyError:
+                return  # the writes will fail with it themselves; claim nothing new
+        self._emit(positions)
+
+    async def _drop_claim(self) -> None:
+        """Stop a claim in progress: the state is about to change under it, or be final."""
+        task, self.claiming = self.claiming, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _commit_new_part(self) -> None:
+        """The first state of a new `.part` (name, validators), committed before its bytes."""
+        if self.on_new_part is not None:
+            self.unreported = 0
+            await self.on_new_part(self.state)
 
     async def _reset(self, part: PartFile | NewPart | None, message: str) -> IntegrityError:
         """Forget all progress (keep the name) so the next attempt starts from zero."""
+        await self._drop_claim()
         self.writers = []
         self.state = TransferState(name=self.state.name)
         if part is not None:
@@ -364,8 +402,8 @@ class _Attempt:
             try:
                 if resp.status == 416 and start:
                     return await self._on_416(resp, part, start)
-                await _raise_for_status(resp)
-                await _refuse_error_page(resp)
+                await raise_for_status(resp)
+                await refuse_error_page(resp)
                 return await self._accept_single(resp, part, start)
             except IntegrityError as exc:
                 if self.must_reset:
@@ -403,6 +441,8 @@ class _Attempt:
     async def _accept_single(
         self, resp: aiohttp.ClientResponse, part: PartFile | None, start: int
     ) -> TransferResult:
+        # Taken now: aiohttp lets go of the connection the moment the body ends.
+        protocol = resp.connection.protocol if resp.connection is not None else None
         if start and resp.status == 200:
             self.refetched += start  # the server sent the whole file: start over
             start = 0
@@ -412,7 +452,7 @@ class _Attempt:
         elif resp.status == 206:
             raise IntegrityError(f"206 to a request without Range from {redact_url(resp.url)}")
         else:
-            total = _content_length(resp)
+            total = content_length(resp)
         self._adopt_headers(resp, total, start)
         sink: PartFile | NewPart
         if part is None:
@@ -422,20 +462,36 @@ class _Attempt:
             if start == 0:
                 await part.truncate(0)
         try:
-            if self._should_segment(resp, total):
-                if isinstance(sink, NewPart):
-                    sink = await sink.create()
-                    self.state = replace(self.state, name=sink.name)
+            segment = self._should_segment(resp, total)
+            if isinstance(sink, NewPart) and (segment or total is None or total >= WRITE_BATCH):
+                sink = await self._create_part(sink, commit=not segment)
+            if segment:
+                assert isinstance(sink, PartFile)
                 return await self._segmented(sink, first=resp)
             self.resumed_from = start
-            return await self._stream_single(resp, sink, start)
+            return await self._stream_single(resp, sink, start, protocol)
         finally:
+            await self._drop_claim()  # before the descriptor it syncs is closed
             await sink.close()
+
+    async def _create_part(self, new: NewPart, *, commit: bool) -> PartFile:
+        """Create the `.part` of a file that takes more than one write, before its first byte.
+
+        A small file is created, written and renamed in one hop (nothing to resume); a
+        larger one gets its name committed first (`commit`), so a kill that lands before the
+        next progress report leaves a `.part` the rerun knows as its own.
+        """
+        part = await new.create()
+        self.state = replace(self.state, name=part.name)
+        if commit:
+            self._emit()
+            await self._commit_new_part()
+        return part
 
     def _check_resume_range(self, resp: aiohttp.ClientResponse, start: int) -> int:
         """A resumed 206 must match exactly; if not, the next attempt starts from zero."""
         self.must_reset = True
-        total = _check_content_range(resp, start, None, self.state.total)
+        total = check_content_range(resp, start, None, self.state.total)
         new_etag = resp.headers.get("ETag")
         if self.state.etag and new_etag and new_etag != self.state.etag:
             raise IntegrityError(f"ETag changed on a ranged answer from {_where(resp)}")
@@ -443,9 +499,16 @@ class _Attempt:
         return total
 
     async def _stream_single(
-        self, resp: aiohttp.ClientResponse, part: PartFile | NewPart, start: int
+        self,
+        resp: aiohttp.ClientResponse,
+        part: PartFile | NewPart,
+        start: int,
+        protocol: ResponseHandler | None,
     ) -> TransferResult:
-        """Stream to the `.part`; its last batch is written by the finishing hop itself."""
+        """Stream to the `.part`; its last batch is written by the finishing hop itself.
+
+        `protocol` is the connection's, taken before the first await (see surplus_after_body).
+        """
         if start:
             assert isinstance(part, PartFile)
             hasher = await sha256_file(part.path, upto=start)
@@ -453,18 +516,23 @@ class _Attempt:
             hasher = hashlib.sha256()
         writer = SequentialWriter(part, start, hasher)
         self.writers = [writer]
-        expected = _content_length(resp)
-        # Taken now: aiohttp lets go of the connection the moment the body ends.
-        protocol = resp.connection.protocol if resp.connection is not None else None
+        expected = content_length(resp)
+        if expected is None and start:
+            expected = self._total() - start  # a 206's Content-Range says how many
+        unframed = expected is None and close_delimited(resp)
         try:
             got = await self._pump(resp, writer, limit=None, sniff=start == 0, flush=False)
-            surplus = got == expected and _surplus_after_body(protocol)
+            surplus = got == expected and surplus_after_body(protocol)
             if expected is not None and (got > expected or surplus):
                 # The length was wrong, so no prefix of this body is trusted either.
                 message = f"body longer than its Content-Length from {_where(resp)}"
                 raise await self._reset(part, message)
             if expected is not None and got != expected:
                 raise ReadError(f"body ended after {got} of {expected} bytes from {_where(resp)}")
+            if start + got == 0:
+                raise IntegrityError(f"empty body from {_where(resp)}: not media")
+            if unframed:
+                await self._confirm_length(resp, writer, hasher)
             total = writer.position + writer.pending
             if self.state.total is not None and total != self.state.total:
                 await self._save_progress()
@@ -475,11 +543,39 @@ class _Attempt:
         self.on_progress(writer.pending)
         return await self._finish(part, total, hasher, tail=writer)
 
+    async def _confirm_length(
+        self, resp: aiohttp.ClientResponse, writer: SequentialWriter, hasher: Any
+    ) -> None:
+        """A body that ended with its connection proves no length: ask for the bytes after it.
+
+        416 `*/GOT` or a 200 of length GOT confirms it; a 206 means the body was cut, and
+        carries the rest (streamed on into the same `.part`); a 200 without a length is read
+        again and must hash the same. Any other answer: start over.
+        """
+        self._progress(await writer.flush())
+        got, at = writer.position, _where(resp)
+        probe = await self._get(self._range_headers(got, None))
+        try:
+            if probe.status != 416:
+                await raise_for_status(probe)
+            self.must_reset = True
+            total = total_from_probe(probe, got)
+            if total is None and not await same_body(probe, got, hasher.hexdigest()):
+                raise IntegrityError(f"two copies of a body without a length differ ({at})")
+            self.must_reset = False
+            if probe.status == 206 and total is not None:
+                self.state = replace(self.state, total=total)
+                rest = await self._pump(probe, writer, limit=None, sniff=False, flush=False)
+                if rest != total - got:
+                    raise ReadError(f"body ended after {got + rest} of {total} bytes from {at}")
+        finally:
+            probe.release()
+
     async def _on_416(
         self, resp: aiohttp.ClientResponse, part: PartFile | None, start: int
     ) -> TransferResult:
         """Range not satisfiable: complete if the `.part` already holds the whole file."""
-        total = self.state.total or _unsatisfied_total(resp)
+        total = self.state.total or unsatisfied_total(resp)
         if part is not None and total is not None and start == total:
             self.resumed_from = start
             return await self._finish(part, total, await sha256_file(part.path, upto=total))
@@ -524,6 +620,7 @@ class _Attempt:
             self.resumed_from = sum(s.done for s in segs)
             return await self._segmented(part, first=None)
         finally:
+            await self._drop_claim()
             await part.close()
 
     async def _segmented(
@@ -535,6 +632,8 @@ class _Attempt:
         await part.preallocate(total)
         self.writers = [SequentialWriter(part, s.start + s.done) for s in self.state.segments]
         self._emit()
+        if first is not None:
+            await self._commit_new_part()
         self.follower = HashFollower(part.path, total, self._on_disk_from)
         hashing = asyncio.create_task(self.follower.run())
         jobs = [
@@ -591,7 +690,7 @@ class _Attempt:
             if resp.status in (200, 416):
                 self.must_reset = True
                 raise IntegrityError(f"HTTP {resp.status} to a segment range: file changed?")
-            await _raise_for_status(resp)
+            await raise_for_status(resp)
             self._check_segment_response(resp, start, seg.end - 1)
             want = seg.end - start
             got = await self._pump(resp, writer, limit=want, sniff=False)
@@ -602,7 +701,7 @@ class _Attempt:
 
     def _check_segment_response(self, resp: aiohttp.ClientResponse, start: int, last: int) -> None:
         try:
-            _check_content_range(resp, start, last, self.state.total)
+            check_content_range(resp, start, last, self.state.total)
         except IntegrityError:
             self.must_reset = True
             raise
@@ -639,7 +738,7 @@ class _Attempt:
             if limit is not None and received + len(chunk) > limit:
                 chunk = chunk[: limit - received]
             if sniff and received == 0:
-                _sniff_error_page(chunk, resp)
+                sniff_error_page(chunk, resp)
             received += len(chunk)
             self._progress(await writer.write(chunk))
         if flush:
@@ -647,12 +746,16 @@ class _Attempt:
         return received
 
     async def _save_progress(self) -> None:
-        """After success or failure: put every received byte on disk and report it."""
+        """After success or failure: put every received byte on disk, sync, report it."""
+        await self._drop_claim()
         for writer in self.writers:
             # The original error matters more; the state shows only what is on disk.
             with contextlib.suppress(BulkGettyError):
-                self._progress(await writer.flush())
-        self._emit()
+                if written := await writer.flush():
+                    if self.follower is not None:
+                        self.follower.poke()
+                    self.on_progress(written)
+        await self._sync_then_emit([w.position for w in self.writers])
 
     async def _finish(
         self,
@@ -663,6 +766,7 @@ class _Attempt:
         tail: SequentialWriter | None = None,
     ) -> TransferResult:
         """Make the file final in one hop: `tail`'s queued bytes, fsync, rename, folder fsync."""
+        await self._drop_claim()
         batch = tail.take_pending() if tail is not None else None
         path = await part.finish(durable=self.options.durable, tail=batch, hasher=hasher)
         return TransferResult(
@@ -750,146 +854,6 @@ def _as_url(url: str) -> URL:
     return URL(url)
 
 
-def _where(resp: aiohttp.ClientResponse) -> str:
-    return redact_url(resp.url)
-
-
 def _split(total: int, count: int) -> tuple[Segment, ...]:
     size = -(-total // count)
     return tuple(Segment(start, min(start + size, total)) for start in range(0, total, size))
-
-
-def _content_length(resp: aiohttp.ClientResponse) -> int | None:
-    """The body length promised by the headers; None for chunked or encoded bodies."""
-    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise IntegrityError(f"Content-Encoding {encoding!r} from {_where(resp)} (asked identity)")
-    value = resp.headers.get("Content-Length")
-    if value is None:
-        return None
-    if not value.strip().isdigit():
-        raise IntegrityError(f"bad Content-Length {value[:40]!r} from {_where(resp)}")
-    return int(value)
-
-
-def _check_content_range(
-    resp: aiohttp.ClientResponse, start: int, last: int | None, total: int | None
-) -> int:
-    """A 206 must say exactly `bytes start-last/total` and carry that many bytes; returns total."""
-    header = resp.headers.get("Content-Range", "")
-    match = _CONTENT_RANGE.match(header)
-    where = _where(resp)
-    if resp.status != 206 or match is None or match.group(3) == "*":
-        raise IntegrityError(f"expected 206 bytes {start}-, got {resp.status} {header!r} ({where})")
-    first, end, full = int(match.group(1)), int(match.group(2)), int(match.group(3))
-    want_last = last if last is not None else (total if total is not None else full) - 1
-    if first != start or end != want_last or (total is not None and full != total):
-        raise IntegrityError(f"Content-Range {header!r} does not match bytes {start}-{want_last}")
-    if end >= full:
-        raise IntegrityError(f"Content-Range {header!r} is past the end ({where})")
-    length = _content_length(resp)
-    if length is not None and length != end - first + 1:
-        raise IntegrityError(f"Content-Length {length} does not match Content-Range {header!r}")
-    return full
-
-
-def _surplus_after_body(protocol: ResponseHandler | None) -> bool:
-    """Bytes after a Content-Length body mean the header cut the file short.
-
-    aiohttp stops at Content-Length and, when more bytes follow, fails to parse them as the
-    next response on that connection; a server never sends anything unasked on HTTP/1.1, so
-    either that parse error or bytes still waiting in the socket give the surplus away. Only
-    surplus that has reached this host when the body ends can be seen; nothing later can be.
-    Under TLS only the parse error counts: raw bytes waiting there may be the session's own
-    records (a close_notify after `Connection: close`, a session ticket), not body bytes.
-    """
-    if protocol is None:
-        return False
-    if isinstance(protocol.exception(), HttpProcessingError):
-        return True
-    transport = protocol.transport
-    if transport is None or transport.get_extra_info("ssl_object") is not None:
-        return False
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    # asyncio's socket wrapper has no recv: peek through a borrowed socket object on the same
-    # descriptor (family and type given, so no getsockopt), detached so it never closes it.
-    peer = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
-    try:
-        return bool(peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:  # nothing waiting (EAGAIN), or the socket is gone: no surplus seen
-        return False
-    finally:
-        peer.detach()
-
-
-def _unsatisfied_total(resp: aiohttp.ClientResponse) -> int | None:
-    """The `*/total` of a 416's Content-Range, when the server gives one."""
-    match = re.match(r"^\s*bytes\s+\*/(\d+)\s*$", resp.headers.get("Content-Range", ""))
-    return int(match.group(1)) if match else None
-
-
-async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
-    """Map a non-2xx delivery answer to the error the retry policy understands."""
-    status = resp.status
-    if status in (200, 206):
-        return
-    where = _where(resp)
-    if status in _REFUSED_CODES:
-        raise UriExpiredError(f"delivery refused with HTTP {status} ({where}): URI expired?")
-    if status in (400, 404):
-        head = await _peek(resp)
-        if _is_error_document(_mime(resp), head):
-            raise UriExpiredError(f"delivery refused with HTTP {status} ({where}): URI expired?")
-        raise DeliveryError(f"HTTP {status} from {where}")
-    if status == 416:
-        raise IntegrityError(f"HTTP 416 without a Range request from {where}")
-    raise DeliveryError(f"HTTP {status} from {where}")
-
-
-async def _refuse_error_page(resp: aiohttp.ClientResponse) -> None:
-    """A 2xx whose Content-Type is HTML, XML or JSON is an error page, never media."""
-    mime = _mime(resp)
-    if mime not in _ERROR_PAGE_TYPES:
-        return
-    head = await _peek(resp)
-    _raise_error_page(mime, head, resp)
-
-
-def _sniff_error_page(first: bytes, resp: aiohttp.ClientResponse) -> None:
-    """Without a Content-Type (or with octet-stream), an HTML or XML start marks an error page."""
-    if _mime(resp) not in _UNTYPED:
-        return
-    start = first[:64].lstrip().lower()
-    if start.startswith(_ERROR_PAGE_PREFIXES):
-        _raise_error_page(None, first[:_PEEK_BYTES], resp)
-
-
-def _raise_error_page(mime: str | None, head: bytes, resp: aiohttp.ClientResponse) -> None:
-    where = _where(resp)
-    lowered = head.lower()
-    if any(marker in lowered for marker in _EXPIRED_MARKERS):
-        raise UriExpiredError(f"delivery answered an access-denied page ({where}): URI expired?")
-    raise IntegrityError(
-        f"delivery answered an error page ({mime or 'markup'}), not media: {where}"
-    )
-
-
-def _is_error_document(mime: str | None, head: bytes) -> bool:
-    if mime in _ERROR_PAGE_TYPES:
-        return True
-    return head[:64].lstrip().lower().startswith(_ERROR_PAGE_PREFIXES)
-
-
-def _mime(resp: aiohttp.ClientResponse) -> str | None:
-    value = resp.headers.get("Content-Type")
-    return value.split(";", 1)[0].strip().lower() if value else None
-
-
-async def _peek(resp: aiohttp.ClientResponse) -> bytes:
-    """The first few KiB of an error body (never more: it is only for classification)."""
-    try:
-        return await map_errors(partial(resp.content.read, _PEEK_BYTES))
-    except BulkGettyError:
-        return b""

@@ -7,7 +7,7 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bulkgetty import files
+from bulkgetty import transfer as transfer_module
 from bulkgetty.errors import (
     DeliveryError,
     IntegrityError,
@@ -32,10 +34,10 @@ from bulkgetty.transfer import (
     TransferOptions,
     TransferResult,
     TransferState,
-    _surplus_after_body,
     redact_url,
     transfer,
 )
+from bulkgetty.validate import surplus_after_body
 
 MiB = 2**20
 SIG = "?v=1&k=2&sig=TOPSECRET"
@@ -55,7 +57,7 @@ class Asset:
     bad_content_range: bool = False
     #: Close the connection after this many body bytes, for responses starting at `cut_start`.
     cut_after: int | None = None
-    cut_start: int = 0
+    cut_start: int | None = 0  # None: whatever the start
     cut_times: int = 1
     #: Declare a Content-Length this much larger than the body sent (negative: smaller, and
     #: the bytes past it follow on the socket, as from a server streaming the whole file).
@@ -64,6 +66,20 @@ class Asset:
     status: int | None = None
     error_body: bytes = b""
     error_type: str | None = None
+    #: Request number (from 0) -> status answered instead of the file, with `error_body`.
+    status_at: dict[int, int] = field(default_factory=dict)
+    #: How many responses (the first ones) end where the connection closes: no
+    #: Content-Length, no chunking.
+    close_delimited: int = 0
+    #: Serve a Range whatever If-Range says (a server that ignores the validator).
+    ignore_if_range: bool = False
+    requests: int = 0
+
+
+class _Unframed(web.StreamResponse):
+    """No Content-Length and no chunking: the body ends when the server hangs up."""
+
+    _length_check = False
 
 
 @dataclass
@@ -107,11 +123,11 @@ class Server:
         seen = Seen(request.path_qs, dict(request.headers))
         self.seen.append(seen)
         asset = self.assets[request.match_info["key"]]
-        if asset.status is not None:
-            seen.status = asset.status
-            return web.Response(
-                status=asset.status, body=asset.error_body, content_type=asset.error_type
-            )
+        status = asset.status_at.get(asset.requests, asset.status)
+        asset.requests += 1
+        if status is not None:
+            seen.status = status
+            return web.Response(status=status, body=asset.error_body, content_type=asset.error_type)
         span = self._span(asset, request.headers)
         if span is None:
             seen.status = 416
@@ -127,7 +143,7 @@ class Server:
         if_range = headers.get("If-Range")
         if not rng or not asset.ranges or asset.ignore_range:
             return 0, size
-        if if_range is not None and if_range != asset.etag:
+        if if_range is not None and if_range != asset.etag and not asset.ignore_if_range:
             return 0, size
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng)
         assert m, rng
@@ -157,10 +173,13 @@ class Server:
     ) -> web.StreamResponse:
         partial = (start, end) != (0, len(asset.body))
         seen.status = 206 if partial else 200
-        resp = web.StreamResponse(
-            status=seen.status, headers=self._headers(asset, start, end, partial)
-        )
-        if not asset.chunked:
+        unframed = asset.close_delimited > 0
+        asset.close_delimited -= unframed
+        headers = self._headers(asset, start, end, partial)
+        resp = (_Unframed if unframed else web.StreamResponse)(status=seen.status, headers=headers)
+        if unframed:
+            resp.force_close()
+        elif not asset.chunked:
             resp.content_length = end - start + asset.extra_length
         else:
             resp.enable_chunked_encoding()
@@ -182,7 +201,7 @@ class Server:
             seen.served += len(piece)
             if asset.stall_after is not None and seen.served >= asset.stall_after:
                 await asyncio.wait_for(self.release.wait(), 10)
-        if cut is not None or asset.extra_length:
+        if cut is not None or asset.extra_length or unframed:
             assert request.transport is not None
             request.transport.write(raw)
             request.transport.close()
@@ -191,7 +210,8 @@ class Server:
         return resp
 
     def _cut_point(self, asset: Asset, start: int) -> int | None:
-        if asset.cut_after is None or asset.cut_times <= 0 or start != asset.cut_start:
+        wrong_start = asset.cut_start is not None and start != asset.cut_start
+        if asset.cut_after is None or asset.cut_times <= 0 or wrong_start:
             return None
         asset.cut_times -= 1
         return asset.cut_after
@@ -240,10 +260,18 @@ def out(tmp_path: Path) -> OutputDir:
 class Calls:
     states: list[TransferState] = field(default_factory=list)
     progress: int = 0
+    #: Called with each state as it is reported (checks that must see the disk at that time).
+    check: Callable[[TransferState], None] | None = None
+    on_new_part: Callable[[TransferState], Awaitable[None]] | None = None
 
     @property
     def last(self) -> TransferState:
         return self.states[-1]
+
+    def on_state(self, state: TransferState) -> None:
+        self.states.append(state)
+        if self.check is not None:
+            self.check(state)
 
     def on_progress(self, n: int) -> None:
         self.progress += n
@@ -269,8 +297,9 @@ async def fetch(
         asset_id=asset_id,
         state=state,
         options=options or TransferOptions(),
-        on_state=calls.states.append,
+        on_state=calls.on_state,
         on_progress=calls.on_progress,
+        on_new_part=calls.on_new_part,
     )
 
 
@@ -886,5 +915,281 @@ def test_bytes_waiting_after_a_body_count_as_surplus_only_on_plain_http(
     with ours, server:
         server.sendall(b"surplus")
         protocol = _Protocol(_Transport(ours, tls))
-        assert _surplus_after_body(cast(Any, protocol)) is seen
+        assert surplus_after_body(cast(Any, protocol)) is seen
         assert ours.recv(16) == b"surplus"  # peeked, never consumed, never closed
+
+
+# ------------------------------------------- bodies whose length nothing proves (issue 12)
+
+
+async def test_close_delimited_body_cut_short_is_completed_from_where_it_stopped(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """A body without Content-Length or chunking that stops early looks complete; asking for
+    the bytes after it gets a 206 with the real total, whose body is the missing rest."""
+    data = body(2 * MiB + 17)
+    cut = MiB + 5
+    server.assets["x"] = Asset(data, close_delimited=2, cut_after=cut)
+    calls = Calls()
+    result = await fetch(session, server.url("/a/x"), out, calls=calls)
+    assert result.path.read_bytes() == data
+    assert (result.bytes, result.refetched) == (len(data), 0)
+    first, probe = server.seen
+    assert "Range" not in first.headers
+    assert probe.headers["Range"] == f"bytes={cut}-"
+    assert probe.headers["If-Range"] == '"v1"'
+    assert (probe.status, probe.served) == (206, len(data) - cut)
+
+
+async def test_close_delimited_whole_body_is_confirmed_by_a_416(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(MiB + 3)
+    server.assets["x"] = Asset(data, close_delimited=1)
+    result = await fetch(session, server.url("/a/x"), out)
+    assert result.path.read_bytes() == data
+    assert [(s.status, s.headers.get("Range")) for s in server.seen] == [
+        (200, None),
+        (416, f"bytes={len(data)}-"),
+    ]
+
+
+async def test_close_delimited_rest_that_stops_early_keeps_its_progress(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """The 206 that carries the rest is cut too: a ReadError, and the state now knows the
+    total and claims exactly the bytes on disk, so the next attempt resumes."""
+    data = body(3 * MiB)
+    server.assets["x"] = Asset(data, close_delimited=2, cut_after=MiB, cut_start=None, cut_times=2)
+    calls = Calls()
+    with pytest.raises(ReadError, match=f"ended after {2 * MiB} of {len(data)}"):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    state = calls.last
+    assert (state.total, state.done) == (len(data), 2 * MiB)
+    assert (out.path / "GettyImages-1.jpg.part").stat().st_size == 2 * MiB
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert result.path.read_bytes() == data
+    assert server.seen[-1].headers["Range"] == f"bytes={2 * MiB}-"
+
+
+async def test_close_delimited_body_without_ranges_is_confirmed_by_a_second_copy(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """A server that ignores Range and never sends a length: the same bytes twice confirm
+    the length."""
+    data = body(MiB + 9)
+    server.assets["x"] = Asset(data, close_delimited=2, ranges=False)
+    result = await fetch(session, server.url("/a/x"), out)
+    assert result.path.read_bytes() == data
+    assert [s.status for s in server.seen] == [200, 200]
+
+
+async def test_close_delimited_copies_that_differ_are_refused_and_forgotten(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data, close_delimited=2, ranges=False, cut_after=MiB)
+    calls = Calls()
+    with pytest.raises(IntegrityError, match="two copies"):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    assert calls.last.done == 0
+    assert calls.last.name == "GettyImages-1.jpg"
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+
+@pytest.mark.parametrize("cut", [None, MiB])
+async def test_close_delimited_body_checked_against_a_length_sent_later(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, cut: int | None
+) -> None:
+    """The second answer ignores the Range but has a Content-Length: the first body stands
+    when it is that long, and is refused (and forgotten) when it is shorter."""
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data, close_delimited=1, ranges=False, cut_after=cut)
+    calls = Calls()
+    if cut is None:
+        result = await fetch(session, server.url("/a/x"), out, calls=calls)
+        assert result.path.read_bytes() == data
+        return
+    with pytest.raises(IntegrityError, match=f"ended after {MiB} bytes, the file has {2 * MiB}"):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    assert calls.last.done == 0
+
+
+async def test_close_delimited_check_that_fails_keeps_the_bytes_for_a_resume(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """The check's request gets a 503: retryable, the bytes stay claimed without a total,
+    and the next attempt's Range is answered 416 `*/N`, which finishes the file."""
+    data = body(MiB + 1)
+    server.assets["x"] = Asset(data, close_delimited=1, status_at={1: 503})
+    calls = Calls()
+    with pytest.raises(DeliveryError, match="HTTP 503"):
+        await fetch(session, server.url("/a/x"), out, calls=calls)
+    state = calls.last
+    assert (state.done, state.total) == (len(data), None)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert result.path.read_bytes() == data
+    assert server.seen[-1].status == 416
+    assert result.resumed_from == len(data)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+async def test_an_empty_200_is_never_saved_as_the_file(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, framing: str
+) -> None:
+    server.assets["x"] = Asset(
+        b"", chunked=framing == "chunked", close_delimited=int(framing == "close")
+    )
+    with pytest.raises(IntegrityError, match="empty body"):
+        await fetch(session, server.url("/a/x"), out)
+    assert not (out.path / "GettyImages-1.jpg").exists()
+
+
+# ------------------------------------------------ what the journal may be told (issue 12)
+
+
+@dataclass
+class DiskLog:
+    """Byte ranges written into the `.part`, and those an fdatasync has covered."""
+
+    written: list[tuple[int, int]] = field(default_factory=list)
+    synced: list[tuple[int, int]] = field(default_factory=list)
+    syncs: int = 0
+
+    def covered(self, start: int, end: int) -> bool:
+        pos = start
+        for a, b in sorted(self.synced):
+            if a > pos:
+                break
+            pos = max(pos, b)
+        return pos >= end
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> DiskLog:
+    log = DiskLog()
+    real_write, real_sync = files._write_chunks, os.fdatasync
+
+    def write(fd: int, chunks: list[bytes], offset: int, hasher: Any) -> int:
+        n = real_write(fd, chunks, offset, hasher)
+        log.written.append((offset, offset + n))
+        return n
+
+    def sync(fd: int) -> None:
+        before = list(log.written)
+        real_sync(fd)
+        log.synced.extend(before)
+        log.syncs += 1
+
+    monkeypatch.setattr(files, "_write_chunks", write)
+    monkeypatch.setattr(os, "fdatasync", sync)
+    return log
+
+
+def _claims(state: TransferState) -> list[tuple[int, int]]:
+    if state.segments:
+        return [(s.start, s.start + s.done) for s in state.segments]
+    return [(0, state.done)]
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["single", "segments"])
+async def test_progress_is_claimed_only_for_bytes_already_fdatasynced(
+    server: Server,
+    session: aiohttp.ClientSession,
+    out: OutputDir,
+    disk: DiskLog,
+    monkeypatch: pytest.MonkeyPatch,
+    segmented: bool,
+) -> None:
+    """A preallocated `.part` reads back zeros where a power cut lost unsynced writes, so
+    no state handed to the journal claims a byte that was not written before an fdatasync:
+    not while streaming (the server pauses until a claim shows), not after a failure."""
+    monkeypatch.setattr(transfer_module, "_STATE_EVERY", MiB)
+    data = body(12 * MiB)
+    server.assets["x"] = Asset(data, stall_after=2 * MiB)
+    unsynced: list[tuple[int, int]] = []
+
+    def check(state: TransferState) -> None:
+        unsynced.extend(c for c in _claims(state) if not disk.covered(*c))
+
+    calls = Calls(check=check)
+    options = SEGMENTED if segmented else TransferOptions()
+    task = asyncio.create_task(
+        fetch(session, server.url("/a/x"), out, calls=calls, options=options)
+    )
+    for _ in range(200):  # at most 10 s
+        if any(st.done > 0 for st in calls.states) or task.done():
+            break
+        await asyncio.sleep(0.05)
+    assert any(st.done > 0 for st in calls.states), "no progress claimed while streaming"
+    server.release.set()
+    result = await task
+    assert result.sha256 == sha(data)
+    assert unsynced == []
+
+    # (aiohttp may drop what it buffered when the connection drops: cut well past 1 MiB)
+    cut_start, cut = (6 * MiB, 2 * MiB + 9) if segmented else (0, 4 * MiB + 9)
+    server.assets["y"] = Asset(data, cut_start=cut_start, cut_after=cut)
+    calls = Calls(check=check)
+    with pytest.raises(ReadError):
+        await fetch(session, server.url("/a/y"), out, calls=calls, options=options, owner="o2")
+    assert unsynced == []
+    assert sum(b - a for a, b in _claims(calls.last)) >= MiB
+
+
+async def test_no_fdatasync_when_durability_is_off(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, disk: DiskLog
+) -> None:
+    server.assets["x"] = Asset(body(3 * MiB), cut_after=2 * MiB)
+    calls = Calls()
+    with pytest.raises(ReadError):
+        await fetch(
+            session, server.url("/a/x"), out, calls=calls, options=TransferOptions(durable=False)
+        )
+    assert calls.last.done > 0
+    assert disk.syncs == 0
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["single", "segments"])
+async def test_a_new_part_is_committed_with_its_validators_before_its_first_byte(
+    server: Server,
+    session: aiohttp.ClientSession,
+    out: OutputDir,
+    disk: DiskLog,
+    segmented: bool,
+) -> None:
+    """A kill right after a `.part` appears must find its name in the journal: the caller
+    gets the first state naming it (with ETag and total) and commits it before any byte is
+    written, so the rerun adopts the part instead of taking `NAME (2).ext`."""
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(data)
+    seen: list[tuple[TransferState, int, bool]] = []
+
+    async def on_new_part(state: TransferState) -> None:
+        assert state.name is not None
+        seen.append((state, len(disk.written), (out.path / (state.name + ".part")).exists()))
+
+    calls = Calls(on_new_part=on_new_part)
+    options = SEGMENTED if segmented else TransferOptions()
+    result = await fetch(session, server.url("/a/x"), out, calls=calls, options=options)
+    assert result.sha256 == sha(data)
+    ((state, writes, exists),) = seen
+    assert (writes, exists) == (0, True)
+    assert (state.name, state.etag, state.total) == ("GettyImages-1.jpg", '"v1"', len(data))
+    assert len(state.segments) == (4 if segmented else 0)
+
+
+async def test_a_file_smaller_than_one_write_is_created_and_finished_in_one_hop(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, disk: DiskLog
+) -> None:
+    """No commit for a file whose `.part` never outlives one thread hop (nothing to resume)."""
+    data = body(files.WRITE_BATCH - 1)
+    server.assets["x"] = Asset(data)
+    seen: list[TransferState] = []
+
+    async def on_new_part(state: TransferState) -> None:
+        seen.append(state)
+
+    result = await fetch(session, server.url("/a/x"), out, calls=Calls(on_new_part=on_new_part))
+    assert result.sha256 == sha(data)
+    assert seen == [] and len(disk.written) == 1

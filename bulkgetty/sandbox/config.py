@@ -68,6 +68,11 @@ class Faults:
     wrong_content_range: Mapping[str, int] = field(default_factory=dict)
     #: ids served with chunked transfer encoding and no Content-Length.
     chunked: frozenset[str] = frozenset()
+    #: ids served with neither Content-Length nor chunking: the body ends where the
+    #: connection closes (with `close_after`, a cut that looks like the end of the file).
+    close_delimited: frozenset[str] = frozenset()
+    #: id -> times: a 200 with an empty body (Content-Length: 0) instead of the file.
+    empty_body: Mapping[str, int] = field(default_factory=dict)
     #: id -> delta: Content-Length is the real length + delta (>0: body ends early and the
     #: connection closes; <0: the extra bytes follow the declared body, then it closes).
     length_mismatch: Mapping[str, int] = field(default_factory=dict)

@@ -141,6 +141,13 @@ class _BodyFaults:
     stall_for: float = 0.0
 
 
+class _CloseDelimited(web.StreamResponse):
+    """A response without Content-Length or chunking: its body ends when the server hangs up
+    (HTTP/1.0 style; aiohttp would chunk a body of unknown length on HTTP/1.1)."""
+
+    _length_check = False
+
+
 def _error_fault(state: SandboxState, asset_id: str, attempt: int) -> web.Response | None:
     """A scripted or random fault that replaces the file entirely."""
     faults = state.config.faults
@@ -198,6 +205,8 @@ async def _serve(
     if error is not None:
         return error
     headers = _file_headers(state, spec)
+    if attempt < faults.empty_body.get(asset_id, 0):
+        return web.Response(status=200, headers=headers)
     length = spec.length
     status, start, end = 200, 0, length
     range_header = request.headers.get("Range")
@@ -215,10 +224,13 @@ async def _serve(
                 claimed = start + 1 if end < length else max(0, start - 1)
             headers["Content-Range"] = f"bytes {claimed}-{claimed + end - start - 1}/{length}"
 
-    response = web.StreamResponse(status=status, headers=headers)
+    unframed = asset_id in faults.close_delimited
+    response = (_CloseDelimited if unframed else web.StreamResponse)(status=status, headers=headers)
     delta = faults.length_mismatch.get(asset_id, 0)
     if asset_id in faults.chunked:
         response.enable_chunked_encoding()
+    elif unframed:
+        response.force_close()
     else:
         response.content_length = max(0, end - start + delta)
     await response.prepare(request)
@@ -231,7 +243,7 @@ async def _serve(
     # the connection is hung up.
     surplus = transport if delta < 0 and plan.cut is None else None
     await _write_body(response, state, spec, start, end, plan, surplus=surplus)
-    if (plan.cut is not None or surplus is not None) and transport is not None:
+    if (plan.cut is not None or surplus is not None or unframed) and transport is not None:
         transport.close()
     else:
         await response.write_eof()

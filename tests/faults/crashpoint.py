@@ -4,10 +4,12 @@
 
 Points: `before_rename:N` / `after_rename:N` (around the Nth `.part` -> final rename),
 `journal_commit:N` (inside the Nth journal transaction, after its statements and before
-its COMMIT, whether the journal commits one call or a group of them).
+its COMMIT, whether the journal commits one call or a group of them), `part_write:N` (right
+before the Nth batch of bytes is written into any `.part`).
 
 Test-only: it patches private names of the installed package (`files._rename_noreplace`,
-`Journal._db`); if they move, the crash tests fail loudly instead of testing nothing.
+`files._write_chunks`, `Journal._db`); if they move, the crash tests fail loudly instead of
+testing nothing.
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ def install(spec: str) -> None:
                 hit()
 
         files._rename_noreplace = rename
+    elif point == "part_write":
+        real_write = files._write_chunks
+
+        def write(*args: Any) -> int:
+            hit()
+            return real_write(*args)
+
+        files._write_chunks = write
     elif point == "journal_commit":
         real_init = journal.Journal.__init__
 

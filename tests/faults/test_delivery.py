@@ -31,7 +31,8 @@ class Case:
     #: The faulty asset ends on disk (else it fails, with `error` in its report row).
     on_disk: bool = True
     error: str = ""
-    #: The rerun must resume the faulty asset with a Range from at least this offset.
+    #: The faulty asset is asked for again with a Range (a resume, or a check of a length
+    #: the body did not prove), and every such Range starts at this offset or later.
     resumes_from: int | None = None
     #: Bytes fetched again that this fault must not exceed (None: not checked).
     max_refetched: int | None = 0
@@ -66,6 +67,14 @@ CASES: dict[str, Case] = {
         Faults(close_after={HIT: (CUT, 1)}, range_416={HIT: 2}), max_refetched=CUT
     ),
     "chunked without length": Case(Faults(chunked=frozenset({HIT}))),
+    # Issue 12 item 7: a body that ends where the connection closes proves no length. The
+    # cut one is completed from where it stopped; the whole one is confirmed by a 416.
+    "close-delimited body cut halfway": Case(
+        Faults(close_delimited=frozenset({HIT}), close_after={HIT: (CUT, 1)}),
+        resumes_from=CUT,
+    ),
+    "close-delimited body whole": Case(Faults(close_delimited=frozenset({HIT})), resumes_from=SIZE),
+    "empty 200": Case(Faults(empty_body={HIT: 1})),
     "Content-Length larger than body": Case(
         Faults(length_mismatch={HIT: 1000}),
         on_disk=False,

@@ -193,3 +193,39 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path, matrix: Matr
         assert first.returncode == 0
         result = audit(sb, out, ids, [second, first_out], fault="two runs on one DIR")
         matrix.check(result)
+
+
+@pytest.mark.parametrize("size_mib", [8, 64])
+def test_kill_9_before_the_first_bytes_of_a_large_file_resumes_under_its_own_name(
+    tmp_path: Path, matrix: Matrix, size_mib: int
+) -> None:
+    """Issue 12 item 9: SIGKILL right before the first bytes reach a new `.part` (well inside
+    the first 0.5 s, before any progress tick): the journal already knows the part's name, so
+    the rerun adopts it, and the file ends under its own name, not as `NAME (2).ext`.
+    8 MiB streams as one range; 64 MiB is fetched as segments."""
+    asset = f"97300{size_mib:02d}"
+    config = SandboxConfig(sizes={asset: size_mib * 2**20})
+    with SandboxThread(config) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", [asset])
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
+        crash_env = {**env, "BULKGETTY_TEST_CRASH_AT": "part_write:1"}
+        crashed = cli(*args, env=crash_env, prefix=CRASH, timeout=120)
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        assert [p.name for p in out.glob("*.part")] == [f"GettyImages-{asset}.mp4.part"]
+        _journal_ok(out)
+        done = cli(*args, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        (row,) = report(out)
+        assert Path(row["path"]).name == f"GettyImages-{asset}.mp4", row
+        result = audit(
+            sb,
+            out,
+            [asset],
+            [crashed, done],
+            fault=f"kill -9 before the first bytes of a {size_mib} MiB file",
+            asset_type="video",
+            root=tmp_path,
+        )
+        matrix.check(result, note="resumed under its own name")
