@@ -15,6 +15,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from bulkgetty import files
 from bulkgetty import transfer as transfer_module
@@ -37,7 +38,14 @@ from bulkgetty.transfer import (
     redact_url,
     transfer,
 )
-from bulkgetty.validate import surplus_after_body
+from bulkgetty.validate import (
+    check_content_range,
+    close_delimited,
+    content_length,
+    surplus_after_body,
+    total_from_probe,
+    unsatisfied_total,
+)
 
 MiB = 2**20
 SIG = "?v=1&k=2&sig=TOPSECRET"
@@ -1193,3 +1201,173 @@ async def test_a_file_smaller_than_one_write_is_created_and_finished_in_one_hop(
     result = await fetch(session, server.url("/a/x"), out, calls=Calls(on_new_part=on_new_part))
     assert result.sha256 == sha(data)
     assert seen == [] and len(disk.written) == 1
+
+
+# ------------------------------------------ response checks, one rule each (validate.py)
+
+
+@dataclass
+class Answer:
+    """Just what validate.py reads of a response: status, headers, URL."""
+
+    status: int
+    headers: CIMultiDict[str]
+    url: str = "https://delivery.example/f.jpg?sig=SECRET"
+
+
+def answer(status: int, **headers: str) -> aiohttp.ClientResponse:
+    named = {k.replace("_", "-"): v for k, v in headers.items()}
+    return cast(aiohttp.ClientResponse, Answer(status, CIMultiDict(named)))
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "last", "total", "length", "why"),
+    [
+        ("bytes 0-999/1000", 500, None, 1000, None, "does not match"),  # start wrong, end right
+        ("bytes 500-998/1000", 500, None, 1000, None, "does not match"),  # end wrong
+        ("bytes 0-499/2000", 0, 499, 1000, None, "does not match"),  # the size changed
+        ("bytes 0-499/1000", 0, 499, None, "400", "Content-Length 400"),
+        ("bytes 0-1000/1000", 0, 1000, None, None, "past the end"),
+        ("bytes 0-499/*", 0, 499, None, None, "expected 206"),
+        ("bytes 0-499", 0, 499, None, None, "expected 206"),
+        ("", 0, 499, None, None, "expected 206"),
+    ],
+)
+def test_a_206_must_name_exactly_the_bytes_asked_for(
+    header: str, start: int, last: int | None, total: int | None, length: str | None, why: str
+) -> None:
+    headers = {"Content-Range": header} if header else {}
+    if length is not None:
+        headers["Content-Length"] = length
+    with pytest.raises(IntegrityError, match=why) as caught:
+        check_content_range(answer(206, **headers), start, last, total)
+    assert "SECRET" not in str(caught.value)
+
+
+def test_a_206_that_matches_returns_the_total() -> None:
+    ok = answer(206, Content_Range=" Bytes 500-999/1000 ", Content_Length="500")
+    assert check_content_range(ok, 500, None, 1000) == 1000
+    assert check_content_range(ok, 500, 999, None) == 1000
+    with pytest.raises(IntegrityError, match="expected 206"):
+        check_content_range(answer(200, Content_Range="bytes 500-999/1000"), 500, None, None)
+
+
+def test_content_length_rules() -> None:
+    assert content_length(answer(200)) is None
+    assert content_length(answer(200, Content_Length="12")) == 12
+    assert content_length(answer(200, Content_Length="12", Content_Encoding="identity")) == 12
+    with pytest.raises(IntegrityError, match="bad Content-Length"):
+        content_length(answer(200, Content_Length="-1"))
+    with pytest.raises(IntegrityError, match="Content-Encoding 'gzip'"):
+        content_length(answer(200, Content_Length="12", Content_Encoding="gzip"))
+
+
+def test_only_a_body_with_neither_length_nor_chunking_is_close_delimited() -> None:
+    assert close_delimited(answer(200))
+    assert close_delimited(answer(200, Transfer_Encoding="identity"))
+    assert not close_delimited(answer(200, Content_Length="0"))
+    assert not close_delimited(answer(200, Transfer_Encoding="gzip, Chunked"))
+
+
+def test_what_an_answer_after_a_close_delimited_body_says_about_its_length() -> None:
+    assert total_from_probe(answer(416, Content_Range="bytes */700"), 700) == 700
+    assert total_from_probe(answer(206, Content_Range="bytes 700-999/1000"), 700) == 1000
+    assert total_from_probe(answer(200, Content_Length="700"), 700) == 700
+    assert total_from_probe(answer(200), 700) is None
+    with pytest.raises(IntegrityError, match="does not confirm 700"):
+        total_from_probe(answer(416, Content_Range="bytes */900"), 700)
+    with pytest.raises(IntegrityError, match="does not confirm 700"):
+        total_from_probe(answer(416), 700)
+    with pytest.raises(IntegrityError, match="does not match"):
+        total_from_probe(answer(206, Content_Range="bytes 0-999/1000"), 700)
+    with pytest.raises(IntegrityError, match="ended after 700 bytes, the file has 1000"):
+        total_from_probe(answer(200, Content_Length="1000"), 700)
+
+
+def test_the_total_of_an_unsatisfiable_range() -> None:
+    assert unsatisfied_total(answer(416, Content_Range="bytes */1000")) == 1000
+    assert unsatisfied_total(answer(416, Content_Range=" bytes */7 ")) == 7
+    assert unsatisfied_total(answer(416, Content_Range="bytes 0-1/1000")) is None
+    assert unsatisfied_total(answer(416)) is None
+
+
+# ---------------------------------------- answers that are not the file (transfer.py)
+
+
+async def test_416_to_a_request_without_range_is_an_integrity_error(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"", status=416)
+    with pytest.raises(IntegrityError, match="416 without a Range request"):
+        await fetch(session, server.url("/a/x"), out)
+
+
+async def test_206_to_a_request_without_range_is_refused(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(b"", status=206, error_body=b"partial bytes")
+    with pytest.raises(IntegrityError, match="206 to a request without Range"):
+        await fetch(session, server.url("/a/x"), out)
+    assert list(out.path.iterdir()) == [out.state_dir]
+
+
+@pytest.mark.parametrize("status", [400, 404])
+async def test_a_4xx_error_document_known_only_by_its_body_is_uri_expired(
+    status: int, server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """No XML or HTML Content-Type, but the body starts like one: the signature was refused."""
+    page = b'  <?xml version="1.0"?><Error><Code>AccessDenied</Code></Error>'
+    server.assets["x"] = Asset(b"", status=status, error_body=page)
+    with pytest.raises(UriExpiredError):
+        await fetch(session, server.url("/a/x"), out)
+    server.assets["y"] = Asset(b"", status=status, error_body=b"no such thing")
+    with pytest.raises(DeliveryError) as caught:
+        await fetch(session, server.url("/a/y"), out)
+    assert not isinstance(caught.value, UriExpiredError)
+    assert caught.value.retryable
+
+
+async def test_a_resume_answered_with_another_etag_starts_over(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """The server ignores If-Range and sends a 206 of a different version: not spliced."""
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data, etag='"v2"', ignore_if_range=True)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:MiB])
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=MiB)
+    calls = Calls()
+    with pytest.raises(IntegrityError, match="ETag changed on a ranged answer"):
+        await fetch(session, server.url("/a/x"), out, state=state, calls=calls)
+    assert (calls.last.done, calls.last.etag) == (0, None)
+    assert (out.path / "GettyImages-1.jpg.part").stat().st_size == 0
+
+
+async def test_a_segment_answered_with_another_etag_resets_every_segment(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(data, cut_start=4 * MiB, cut_after=MiB)
+    calls = Calls()
+    with pytest.raises(ReadError):
+        await fetch(session, server.url("/a/x"), out, calls=calls, options=SEGMENTED)
+    state = calls.last
+    assert state.segments and state.etag == '"v1"'
+    server.assets["x"] = Asset(data, etag='"v2"', ignore_if_range=True)
+    with pytest.raises(IntegrityError, match="ETag changed on segment"):
+        await fetch(session, server.url("/a/x"), out, state=state, calls=calls, options=SEGMENTED)
+    assert (calls.last.segments, calls.last.done) == ((), 0)
+    assert (out.path / "GettyImages-1.jpg.part").stat().st_size == 0
+
+
+async def test_416_finishes_a_whole_part_whose_total_only_the_416_gives(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """A part whose state has a validator but no total (a close-delimited body): the 416's
+    `bytes */N` says the part is whole."""
+    data = body(1500)
+    server.assets["x"] = Asset(data)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data)
+    state = TransferState(name="GettyImages-1.jpg", etag='"v1"', done=len(data))
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert (server.seen[-1].status, server.served) == (416, 0)
+    assert result.sha256 == sha(data)
