@@ -1135,26 +1135,28 @@ async def test_progress_is_claimed_only_for_bytes_already_fdatasynced(
     assert result.sha256 == sha(data)
     assert unsynced == []
 
-    # (aiohttp may drop what it buffered when the connection drops: cut well past 1 MiB)
-    cut_start, cut = (6 * MiB, 2 * MiB + 9) if segmented else (0, 4 * MiB + 9)
-    server.assets["y"] = Asset(data, cut_start=cut_start, cut_after=cut)
+    # A stall, not a cut: aiohttp may drop what it buffered when a connection drops.
+    server.assets["y"] = Asset(data, stall_after=2 * MiB)
+    server.release.clear()
     calls = Calls(check=check)
-    with pytest.raises(ReadError):
-        await fetch(session, server.url("/a/y"), out, calls=calls, options=options, owner="o2")
+    async with new_session(Timeouts(connect=5, stall=0.5)) as slow:
+        with pytest.raises(ReadError, match="timed out"):
+            await fetch(slow, server.url("/a/y"), out, calls=calls, options=options, owner="o2")
     assert unsynced == []
     assert sum(b - a for a, b in _claims(calls.last)) >= MiB
 
 
 async def test_no_fdatasync_when_durability_is_off(
-    server: Server, session: aiohttp.ClientSession, out: OutputDir, disk: DiskLog
+    server: Server, out: OutputDir, disk: DiskLog
 ) -> None:
-    server.assets["x"] = Asset(body(3 * MiB), cut_after=2 * MiB)
+    """`--no-fsync`: the user traded durability for speed; progress is claimed unsynced."""
+    server.assets["x"] = Asset(body(3 * MiB), stall_after=2 * MiB)
     calls = Calls()
-    with pytest.raises(ReadError):
-        await fetch(
-            session, server.url("/a/x"), out, calls=calls, options=TransferOptions(durable=False)
-        )
-    assert calls.last.done > 0
+    options = TransferOptions(durable=False)
+    async with new_session(Timeouts(connect=5, stall=0.5)) as slow:
+        with pytest.raises(ReadError, match="timed out"):
+            await fetch(slow, server.url("/a/x"), out, calls=calls, options=options)
+    assert calls.last.done >= MiB
     assert disk.syncs == 0
 
 
