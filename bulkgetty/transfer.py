@@ -17,8 +17,12 @@ Why it looks the way it does:
   streams. A segmented file is hashed behind its writers (`HashFollower`), as they advance.
 - A body is whole only when it matches its Content-Length exactly: bytes after the declared
   end (a header that cut the file short) fail the attempt as surely as a short body does.
+  A body with no length ends where its connection does, cut or not: its length is confirmed
+  by asking for the bytes after it (validate.py). An empty body is never media.
 - Resume trusts a `.part` only as far as both the journal and the disk agree (the smaller),
-  and a ranged answer only when its `Content-Range` is exactly what was asked.
+  and a ranged answer only when its `Content-Range` is exactly what was asked. A segmented
+  `.part` is preallocated, so its length proves nothing: the journal only ever hears of
+  bytes an fdatasync has put on disk, and of a new `.part`'s name before its first byte.
 """
 
 from __future__ import annotations
