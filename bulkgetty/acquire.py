@@ -19,6 +19,7 @@ from .api import DownloadGrant, GettyClient, HistoryItem
 from .backend import AsyncJournalLike
 from .config import HISTORY_SETTLE
 from .errors import (
+    ApiUnreachableError,
     AuthenticationError,
     BulkGettyError,
     CertificateError,
@@ -117,7 +118,8 @@ class Acquirer:
     doubts_reserved: bool = False
 
     async def acquire(self, record: Record) -> DownloadGrant | Outcome:
-        """POST for one asset, or say why not. Raises only AuthenticationError, CertificateError."""
+        """POST for one asset, or say why not. Raises only the fatal errors: AuthenticationError,
+        CertificateError, ApiUnreachableError."""
         attempt = 0
         while True:
             attempt += 1
@@ -188,7 +190,7 @@ class Acquirer:
         except QuotaExceededError as exc:  # Getty's limit, or the shared ledger's budget
             self.budget.give_back()
             return await self._quota_reached(record, exc)
-        except (AuthenticationError, CertificateError):  # fatal for the run, nothing sent
+        except (AuthenticationError, CertificateError, ApiUnreachableError):  # fatal, nothing sent
             self.budget.give_back()
             if intent:
                 await j.call(j.journal.record_not_spent, record.key, AssetState.PENDING, None)

@@ -24,21 +24,32 @@ from pathlib import Path
 from typing import TextIO, TypeAlias
 
 import orjson
-from rich.console import Console
 
-from . import ledger_cli, shard_cli
+from . import __version__, ledger_cli, shard_cli
 from .assets import Asset
 from .auth import Credentials
-from .config import DEFAULT_API_RATE, DEFAULT_API_URL, HISTORY_SETTLE, RunOptions
-from .connect import open_client
-from .engine import Downloader, RunResult
-from .errors import BulkGettyError, DiskFullError, ManifestError, UsageError
-from .events import AssetAcquired, AssetFailed, Event, RunFinished
+from .cli_args import HelpFormatter, Parser
+from .cli_help import (
+    HISTORY_EXAMPLES,
+    MERGE_EXAMPLES,
+    PLAN_EXAMPLES,
+    RUN_EXAMPLES,
+    SEARCH_EXAMPLES,
+    STATUS_EXAMPLES,
+)
+from .cli_output import Emitter, fatal_text
+from .config import DEFAULT_API_RATE, HISTORY_SETTLE, RunOptions, api_url_from_env
+from .connect import ApiAccess, ConnectWatch
+from .engine import Downloader
+from .errors import BulkGettyError, ManifestError, UsageError
+from .events import AssetAcquired, Event
 from .history import HistoryFilter, history_to_manifest
+from .http import check_url_scheme
 from .journal import STATE_DIR, private_file, private_state_dir
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
 from .plan import estimate, journal_records, remaining_quota
-from .progress import QuotaView, RunDisplay, summary_table
+from .progress import QuotaView, RunDisplay
+from .retry import RetryPolicy
 from .search import search_to_manifest
 from .shard import parse_shard
 from .status import journal_status
@@ -46,65 +57,6 @@ from .status import journal_status
 __all__ = ("main",)
 
 EXIT_INTERRUPTED = 130
-
-RUN_EXAMPLES = """\
-examples:
-  bulkgetty run manifests/sample.csv --out ./downloads --sandbox
-  GETTY_API_KEY=... GETTY_API_SECRET=... bulkgetty run assets.csv --out /data/getty
-  bulkgetty run ids.txt --out out --asset-type video --max-downloads 100 --json
-
-On a terminal: live progress, then a summary table. Not a terminal, or --quiet: one summary
-line. --json: one event per line (schema in the README). Ctrl-C stops cleanly (a second one
-at once); run the same command again to resume.
-
-exit status: 0 all on disk; 3 some wait for quota (run again later);
-             1 some failed for good (see the report); 2 could not start, nothing spent.
-"""
-
-PLAN_EXAMPLES = """\
-examples:
-  bulkgetty plan manifests/sample.csv --sandbox
-  bulkgetty plan assets.csv --out /data/getty --max-downloads 500
-  bulkgetty plan assets.csv --json
-  bulkgetty plan assets.csv --shards 64 --parallel 16       # per-shard caps for a job array
-
-Reads the manifest and GET /v3/products (and the journal of --out DIR); spends nothing.
-exit status: 0 the run fits; 3 some assets would wait for quota; 2 bad manifest or options.
-"""
-
-STATUS_EXAMPLES = """\
-examples:
-  bulkgetty status ./downloads
-  bulkgetty status /data/getty --verify
-  bulkgetty status /data/getty --json
-
-Offline: reads DIR/.bulkgetty/journal.sqlite only (safe while a run is going).
-exit status: 0; 1 when --verify finds a finished file missing or changed; 2 no journal.
-"""
-
-HISTORY_EXAMPLES = """\
-examples:
-  bulkgetty history --out last30days.csv
-  bulkgetty history --date-from 2026-01-01 --date-to 2026-03-31 --product-type premiumaccess \\
-      --out q1.csv
-  bulkgetty history --company --out team.jsonl
-
-Reads every page of GET /v3/downloads; each asset once, with the product and size bought.
-The manifest format follows --out's extension; `bulkgetty run` accepts it as written.
-"""
-
-SEARCH_EXAMPLES = """\
-examples:
-  bulkgetty search "mountain lake" --out lakes.csv --limit 50
-  bulkgetty search "city night" --asset-type video --out clips.jsonl
-
-Each result with the product_type (and product_id) of its largest download.
-"""
-
-MERGE_EXAMPLES = """\
-examples:
-  bulkgetty merge out/shard-* --manifest assets.csv --out out/merged
-"""
 
 SANDBOX_EXAMPLES = """\
 examples:
@@ -116,12 +68,15 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bulkgetty",
         description="Bulk downloads from the Getty Images / iStock API: quota-exact, resumable.",
         epilog="`bulkgetty COMMAND --help` shows each command's options and examples.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--version", action="version", version=f"bulkgetty {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _add_run,
@@ -137,13 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+SubParsers: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 
 def _command(sub: SubParsers, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = sub.add_parser(name, help=help, epilog=epilog, formatter_class=HelpFormatter)
     # SUPPRESS: `bulkgetty --debug run ...` must not be reset by the sub-command's default.
     p.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
@@ -151,11 +104,16 @@ def _command(sub: SubParsers, name: str, help: str, epilog: str) -> argparse.Arg
     return p
 
 
-def _add_api_options(p: argparse.ArgumentParser, *, sandbox: bool = True) -> None:
+def _add_api_options(p: argparse.ArgumentParser) -> None:
     """Where the API is and how fast to ask it: the same for every command that asks."""
-    if sandbox:
-        p.add_argument("--sandbox", action="store_true", help="use the embedded emulator")
-    p.add_argument("--api-url", metavar="URL", help="API base URL (default: $GETTY_API_URL)")
+    p.add_argument(
+        "--sandbox", action="store_true", help="use the embedded emulator (no account needed)"
+    )
+    p.add_argument(
+        "--api-url",
+        metavar="URL",
+        help="API base URL (default: $GETTY_API_URL, else https://api.gettyimages.com)",
+    )
     p.add_argument(
         "--api-rate",
         type=float,
@@ -165,7 +123,11 @@ def _add_api_options(p: argparse.ArgumentParser, *, sandbox: bool = True) -> Non
 
 
 def _add_defaults_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--product-type", metavar="T", help="product type for rows that name none")
+    p.add_argument(
+        "--product-type",
+        metavar="T",
+        help="product type for rows that name none (default: the key's default product)",
+    )
     p.add_argument(
         "--asset-type", choices=("image", "video"), default="image", help="for rows naming none"
     )
@@ -182,24 +144,33 @@ def _add_run(sub: SubParsers) -> None:
         help="a .csv, .jsonl or .txt manifest, or - for ids on stdin (none with --ledger)",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    p.add_argument("--concurrency", type=int, default=8, metavar="N", help="delivery streams")
     p.add_argument(
-        "--max-downloads", type=int, metavar="N", help="hard cap on downloads spent in this run"
+        "--concurrency", type=int, default=8, metavar="N", help="delivery streams in flight"
     )
+    cap = "hard cap on downloads spent in this run, 1 or more (default: no cap)"
+    p.add_argument("--max-downloads", type=int, metavar="N", help=cap)
     _add_defaults_options(p)
     p.add_argument("--auto-download", action="store_true", help="use the 303 redirect flow")
-    p.add_argument("--report", type=Path, metavar="PATH", help="JSONL report path")
+    report = "JSONL report path (default: DIR/.bulkgetty/report.jsonl)"
+    p.add_argument("--report", type=Path, metavar="PATH", help=report)
     p.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, one summary line")
+    quiet = "no progress bars: one summary line, failures on stderr"
+    p.add_argument("--quiet", action="store_true", help=quiet)
     _add_api_options(p)
-    p.add_argument("--segments", type=int, default=4, metavar="N", help="ranges per large file")
+    p.add_argument(
+        "--segments", type=int, default=4, metavar="N", help="ranges per file of 64 MiB or more"
+    )
     p.add_argument(
         "--reacquire-expired",
         action="store_true",
         help="allow spending another download when an asset's delivery URI expired or was lost",
     )
     p.add_argument(
-        "--stall-timeout", type=float, default=60.0, metavar="S", help="seconds without a byte"
+        "--stall-timeout",
+        type=float,
+        default=60,
+        metavar="S",
+        help="seconds without a byte before a transfer is retried",
     )
     p.add_argument(
         "--history-settle",
@@ -235,10 +206,15 @@ def _add_plan(sub: SubParsers) -> None:
     p.set_defaults(handler=plan_command)
     p.add_argument("manifest", help="a .csv, .jsonl or .txt manifest, or - for ids on stdin")
     p.add_argument(
-        "--out", type=Path, metavar="DIR", help="the run's output folder: count what is done"
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="the run's output folder: count what is done (default: none, all is to do)",
     )
     _add_defaults_options(p)
-    p.add_argument("--max-downloads", type=int, metavar="N", help="the cap the run would have")
+    p.add_argument(
+        "--max-downloads", type=int, metavar="N", help="the cap the run would have (default: none)"
+    )
     p.add_argument("--reacquire-expired", action="store_true", help="as the run would be given it")
     p.add_argument("--json", action="store_true", help="the plan as one JSON object")
     _add_api_options(p)
@@ -292,13 +268,15 @@ def _add_history(sub: SubParsers) -> None:
     p.add_argument(
         "--out", required=True, type=Path, metavar="M", help="manifest to write (.csv/.jsonl/.txt)"
     )
-    p.add_argument("--date-from", metavar="D", help="ISO 8601 date (default: 30 days before)")
+    p.add_argument("--date-from", metavar="D", help="ISO 8601 date (default: 30 days ago)")
     p.add_argument("--date-to", metavar="D", help="ISO 8601 date (default: now)")
-    p.add_argument("--product-type", metavar="T", help="only downloads of this product type")
+    p.add_argument(
+        "--product-type", metavar="T", help="only downloads of this product type (default: all)"
+    )
     p.add_argument(
         "--company", action="store_true", help="the whole company's downloads (needs permission)"
     )
-    _add_api_options(p, sandbox=False)
+    _add_api_options(p)
 
 
 def _add_search(sub: SubParsers) -> None:
@@ -308,8 +286,10 @@ def _add_search(sub: SubParsers) -> None:
     p.add_argument(
         "--out", required=True, type=Path, metavar="M", help="manifest to write (.csv/.jsonl/.txt)"
     )
-    p.add_argument("--asset-type", choices=("image", "video"), default="image")
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="rows to write (100)")
+    p.add_argument(
+        "--asset-type", choices=("image", "video"), default="image", help="what to search"
+    )
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="rows to write")
     _add_api_options(p)
 
 
@@ -354,8 +334,8 @@ async def api_access(
     env: Mapping[str, str],
     stack: contextlib.AsyncExitStack,
     emit: Emitter,
-) -> tuple[Credentials, str, float | None]:
-    """Credentials, API URL and query rate for a command; `--sandbox` starts the emulator."""
+) -> ApiAccess:
+    """Credentials, API URL, query rate and retry policy; `--sandbox` starts the emulator."""
     if getattr(args, "sandbox", False):
         from .sandbox import Sandbox
 
@@ -363,8 +343,10 @@ async def api_access(
         env = {**env, **sandbox.credentials_env()}
         emit.note(f"sandbox: Getty API emulator at {sandbox.api_url}")
     credentials = Credentials.from_env(env)
-    api_url = args.api_url or env.get("GETTY_API_URL") or DEFAULT_API_URL
-    return credentials, api_url, api_rate(args)
+    api_url = args.api_url or api_url_from_env(env)
+    check_url_scheme(api_url, what="the API URL")
+    watch = ConnectWatch(api_url, emit.say)
+    return ApiAccess(credentials, api_url, api_rate(args), RetryPolicy(on_retry=watch), watch)
 
 
 def api_rate(args: argparse.Namespace) -> float | None:
@@ -382,6 +364,15 @@ def _defaults(args: argparse.Namespace) -> ManifestDefaults:
 
 
 def run_options(args: argparse.Namespace, rate: float | None) -> RunOptions:
+    """The run's options; what cannot work is refused here, before anything starts."""
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(
+            f"--out {args.out} is a file, not a folder: name a folder to download into"
+        )
+    if args.max_downloads == 0:
+        raise UsageError(
+            "--max-downloads 0: nothing could be downloaded; give 1 or more, or leave it out"
+        )
     return RunOptions(
         out_dir=args.out,
         concurrency=args.concurrency,
@@ -419,10 +410,10 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
     if args.manifest is None:
         raise UsageError("run needs a MANIFEST (or --ledger to claim from a shared ledger)")
     defaults = _defaults(args)
+    options = run_options(args, api_rate(args))  # bad options fail before anything starts
     manifest = Path(args.manifest)
     if args.manifest == "-":
         manifest = spool_stdin(args.out, sys.stdin)
-    options = run_options(args, api_rate(args))  # bad options fail before anything starts
     summary = validate_manifest(manifest, defaults)  # every bad row named before any spend
     rows: Iterable[Asset] = manifest_assets(manifest, defaults, summary.unique)
     files_total: int | None = summary.unique
@@ -432,8 +423,11 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
         rows = spec.select(rows)
         files_total = None
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, _ = await api_access(args, env, stack, emit)
-        downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
+        api = await api_access(args, env, stack, emit)
+        downloader = Downloader(
+            api.credentials, options, api_url=api.url, policy=api.policy, on_event=emit.event
+        )
+        downloader.add_listener(api.watch.event)
         emit.redact = downloader.redact
         emit.purchases_in_flight = lambda: downloader.purchases_in_flight
         await stack.enter_async_context(downloader)
@@ -449,7 +443,7 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
 
             downloader.add_listener(fetch_quota)
         result = await downloader.run(rows, manifest=str(manifest), unique=True)
-    emit.finished(result)
+    emit.finished(result, args.out)
     return result.exit_code
 
 
@@ -465,66 +459,19 @@ async def ledger_run_command(
     batch = 2 * args.concurrency
     options = replace(run_options(args, api_rate(args)), ledger=dsn, plan_batch=batch)
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, _ = await api_access(args, env, stack, emit)
-        downloader = Downloader(credentials, options, api_url=api_url, on_event=emit.event)
+        api = await api_access(args, env, stack, emit)
+        downloader = Downloader(
+            api.credentials, options, api_url=api.url, policy=api.policy, on_event=emit.event
+        )
+        downloader.add_listener(api.watch.event)
         downloader.redact.add(ledger_cli.secrets_of(dsn))
         emit.redact = downloader.redact
         emit.purchases_in_flight = lambda: downloader.purchases_in_flight
         await stack.enter_async_context(downloader)
         rows = ledger_cli.ledger_rows(downloader.journal, batch)
         result = await downloader.run(rows, manifest="<ledger>")
-    emit.finished(result)
+    emit.finished(result, args.out)
     return result.exit_code
-
-
-class Emitter:
-    """Where output goes: JSON events on stdout, live bars on a terminal, or plain lines."""
-
-    def __init__(self, *, json_mode: bool, quiet: bool, out: TextIO, err: TextIO) -> None:
-        self.json_mode = json_mode
-        self.quiet = quiet
-        self.out = out
-        self.err = err
-        self.redact: Callable[[str], str] = lambda s: s
-        #: Live progress only for a person at a terminal.
-        self.live = not json_mode and not quiet and out.isatty()
-        self.display: RunDisplay | None = None
-        self.last: RunFinished | None = None
-        #: POSTs on the wire now (set by `run`): what a first Ctrl-C waits for.
-        self.purchases_in_flight: Callable[[], int] = lambda: 0
-
-    def console(self) -> Console:
-        return Console(file=self.out, highlight=False)
-
-    def event(self, event: Event) -> None:
-        if isinstance(event, RunFinished):
-            self.last = event
-        if self.json_mode:
-            line = orjson.dumps(event.to_dict()).decode()
-            self.out.write(self.redact(line) + "\n")
-            self.out.flush()
-        elif self.display is not None:
-            if isinstance(event, AssetFailed):
-                event = replace(event, error=self.redact(event.error))
-            self.display.handle(event)
-
-    def note(self, text: str) -> None:
-        if not self.quiet:
-            self.err.write(text + "\n")
-
-    def finished(self, result: RunResult) -> None:
-        if result.error is not None:  # stopped after spending: say why, then the totals
-            self.err.write(fatal_text(result.error, self.redact) + "\n")
-        if self.json_mode:
-            return
-        if self.live and self.last is not None:
-            self.console().print(summary_table(self.last))
-        else:
-            self.out.write(result.summary.line() + "\n")
-        if result.exit_code == 3:
-            self.err.write("some assets wait for quota: run the same command again later\n")
-        elif result.exit_code == 1:
-            self.err.write(f"some assets failed: see {result.report_path}\n")
 
 
 # plan ------------------------------------------------------------------------------------
@@ -544,8 +491,8 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
 
     summary = validate_manifest(args.manifest, defaults, stdin=stdin())
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, rate = await api_access(args, env, stack, emit)
-        client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
+        api = await api_access(args, env, stack, emit)
+        client = await stack.enter_async_context(api.client())
         remaining, why = await remaining_quota(client)
     if why is not None:
         emit.err.write(f"bulkgetty: downloads remaining are unknown: {why}\n")
@@ -603,8 +550,8 @@ async def ledger_command(args: argparse.Namespace, env: Mapping[str, str], emit:
 async def history_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
     filters = HistoryFilter(args.date_from, args.date_to, args.product_type, args.company)
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, rate = await api_access(args, env, stack, emit)
-        client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
+        api = await api_access(args, env, stack, emit)
+        client = await stack.enter_async_context(api.client())
         written, read = await history_to_manifest(client, args.out, filters)
     emit.out.write(f"{args.out}: {written} assets from {read} earlier downloads\n")
     return 0
@@ -612,8 +559,8 @@ async def history_command(args: argparse.Namespace, env: Mapping[str, str], emit
 
 async def search_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
     async with contextlib.AsyncExitStack() as stack:
-        credentials, api_url, rate = await api_access(args, env, stack, emit)
-        client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
+        api = await api_access(args, env, stack, emit)
+        client = await stack.enter_async_context(api.client())
         written = await search_to_manifest(
             client, args.phrase, args.out, asset_type=args.asset_type, limit=args.limit
         )
@@ -653,17 +600,6 @@ async def sandbox_command(args: argparse.Namespace, env: Mapping[str, str], emit
 
 
 # entry point -------------------------------------------------------------------------------
-
-
-def fatal_text(exc: BulkGettyError, redact: Callable[[str], str]) -> str:
-    """The lines for an error that stopped a command, with what to do about it."""
-    text = f"bulkgetty: error: {redact(str(exc))}"
-    if isinstance(exc, DiskFullError):
-        text += (
-            "\nbulkgetty: free some space, then run the same command again: the journal is "
-            "consistent and partial files are kept"
-        )
-    return text
 
 
 Handler = Callable[[argparse.Namespace, Mapping[str, str], "Emitter"], Awaitable[int]]

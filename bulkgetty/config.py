@@ -1,13 +1,26 @@
-"""Run options as one frozen record. The environment is read by the CLI only, never here."""
+"""Run options as one frozen record, and where the API is.
+
+The environment is read only where a caller did not say: `api_url_from_env` gives the CLI and
+the Python API (`Downloader`, `open_client`) the same answer for `GETTY_API_URL`, so the
+sandbox's printed exports work for both.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ("DEFAULT_API_RATE", "DEFAULT_API_URL", "HISTORY_SETTLE", "RunOptions")
+__all__ = (
+    "DEFAULT_API_RATE",
+    "DEFAULT_API_URL",
+    "HISTORY_SETTLE",
+    "RunOptions",
+    "api_url_from_env",
+)
 
 DEFAULT_API_URL = "https://api.gettyimages.com"
 #: Getty's per-key limits are low (single-digit queries per second on default contracts).
@@ -17,6 +30,11 @@ DEFAULT_API_RATE = 5.0
 #: believed only for a POST sent at least this long ago (a cost paid in the rare in-doubt
 #: case only: a POST answered 5xx or cut off, or an intent left by a crash moments ago).
 HISTORY_SETTLE = 10.0
+
+
+def api_url_from_env(env: Mapping[str, str] = os.environ) -> str:
+    """`GETTY_API_URL` when set (the sandbox, a proxy), else Getty's own API."""
+    return env.get("GETTY_API_URL", "").strip() or DEFAULT_API_URL
 
 
 @dataclass(frozen=True, slots=True)

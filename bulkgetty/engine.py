@@ -31,8 +31,9 @@ from .api import DownloadGrant, GettyClient
 from .assets import Asset, DigestTable
 from .auth import Credentials, TokenProvider
 from .backend import AsyncJournalLike
-from .config import DEFAULT_API_URL, RunOptions
+from .config import RunOptions, api_url_from_env
 from .errors import (
+    ApiUnreachableError,
     AuthenticationError,
     BulkGettyError,
     CertificateError,
@@ -122,10 +123,11 @@ class Downloader:
         credentials: Credentials,
         options: RunOptions,
         *,
-        api_url: str = DEFAULT_API_URL,
+        api_url: str | None = None,
         policy: RetryPolicy | None = None,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
+        api_url = api_url or api_url_from_env()  # as the CLI reads it
         check_url_scheme(api_url, what="the API URL")
         self.credentials = credentials
         self.options = options
@@ -553,7 +555,12 @@ class Downloader:
                 why = "an earlier run's download was charged but its URI was lost"
                 return Outcome(record.asset, Status.FAILED, error=reacquire_message(why))
             return await self.acquirer.acquire(record)
-        except (AuthenticationError, CertificateError, JournalError) as exc:  # fatal
+        except (
+            AuthenticationError,
+            CertificateError,
+            JournalError,
+            ApiUnreachableError,
+        ) as exc:  # fatal
             self._abort(exc)
             return None
         except BulkGettyError as exc:
@@ -744,7 +751,7 @@ async def run(
     credentials: Credentials,
     options: RunOptions,
     *,
-    api_url: str = DEFAULT_API_URL,
+    api_url: str | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> RunResult:
     """One call for the common case: open a Downloader, run the rows, close it."""

@@ -12,7 +12,8 @@
     ├── TransportError             no usable HTTP answer
     │   ├── ConnectError           the request never left: always safe to retry
     │   ├── CertificateError       the host's TLS certificate is not trusted: exit 2
-    │   └── ReadError              sent, then lost or timed out: a POST may have spent
+    │   ├── ReadError              sent, then lost or timed out: a POST may have spent
+    │   └── ApiUnreachableError    the API could not be reached before anything was spent: exit 2
     ├── DeliveryError              the delivery host or its bytes are wrong
     │   ├── UriExpiredError        signature refused / URI past its 24 h
     │   ├── IntegrityError         length, Content-Range, validator or content type mismatch
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 
 __all__ = (
     "ApiError",
+    "ApiUnreachableError",
     "AuthenticationError",
     "BulkGettyError",
     "CertificateError",
@@ -183,6 +185,14 @@ class CertificateError(TransportError):
 
 class ReadError(TransportError):
     """The request was sent, then the answer was lost or timed out."""
+
+
+class ApiUnreachableError(TransportError):
+    """Every try to connect to the API failed before this run spent anything: the run could
+    not start. Not retryable: it is what the retries ended in (connect.ConnectWatch)."""
+
+    retryable = False
+    exit_code = 2
 
 
 class DeliveryError(BulkGettyError):

@@ -90,10 +90,22 @@ def check_url_scheme(url: str, *, what: str) -> None:
         return
     if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
         return
-    shown = f"{parts.scheme}://{parts.hostname or ''}"
+    given = _shown(url)
+    hint = ""
+    if "://" not in url:
+        host = urlsplit("//" + given).hostname or ""
+        hint = f": add the scheme, e.g. {'http' if is_loopback_host(host) else 'https'}://{given}"
     raise UsageError(
-        f"{what} must be https:// (plain http:// only to a loopback address), got {shown}"
+        f"{what} needs https:// (or http:// for a loopback address), got {given!r}{hint}"
     )
+
+
+def _shown(url: str) -> str:
+    """A URL as it was given, less any credentials, query or fragment (never a secret)."""
+    has_scheme = "://" in url
+    parts = urlsplit(url if has_scheme else "//" + url)
+    prefix = f"{parts.scheme}://" if has_scheme else ""
+    return prefix + parts.netloc.rsplit("@", 1)[-1] + parts.path
 
 
 async def map_errors(call: Callable[[], Awaitable[T]], *, sent_may_spend: bool = False) -> T:

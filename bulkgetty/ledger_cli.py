@@ -110,7 +110,9 @@ def add_ledger_arguments(p: argparse.ArgumentParser) -> None:
     init.add_argument("--sandbox", action="store_true", help="ask the embedded emulator")
     status = sub.add_parser("status", help="assets per state, spends and the budget")
     report = sub.add_parser("report", help="write one report and one summary for all workers")
-    report.add_argument("--out", required=True, type=Path, metavar="DIR")
+    report.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="for report.jsonl, summary.json"
+    )
     for q in (init, status, report):
         q.add_argument("--ledger", metavar="URL", help=f"connection string (default ${ENV_LEDGER})")
 

@@ -693,8 +693,22 @@ def validate_manifest(
     *,
     stdin: TextIO | None = None,
 ) -> ManifestSummary:
-    """Read the whole manifest without keeping rows: counts, or `ManifestError` for bad rows."""
+    """Read the whole manifest without keeping rows: counts, or `ManifestError` for bad rows.
+
+    A `.txt` manifest without a single id is refused as an empty `.csv` is (it is far more
+    often the wrong file than a request to do nothing).
+    """
     _precheck(path, defaults)
+    summary = _validate(path, defaults, stdin)
+    if summary.rows == 0 and _format_of(path) == ".txt":
+        problem = "no asset ids: expected one id a line (blank lines and # comments are skipped)"
+        raise ManifestError([ManifestProblem(_name(path), 1, problem)])
+    return summary
+
+
+def _validate(
+    path: str | Path, defaults: ManifestDefaults, stdin: TextIO | None
+) -> ManifestSummary:
     if str(path) != "-" and _format_of(path) == ".txt":
         try:
             fast = _validate_plain_txt(Path(path), defaults)

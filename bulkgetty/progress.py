@@ -4,10 +4,14 @@ The display is one more consumer of the engine's events (events.py), like the `-
 and `Downloader.events()`: it never asks the engine anything, so it cannot slow a run down or
 disagree with the report. Rates and ETAs come from rich's own sample windows.
 
-    files  ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━   18/40  45% • 0:00:12
+    files  ━━━━━━━━━━━━━━━━━━━━━━━━   18/40  45% • 1.5 files/s • elapsed 0:00:12 • left 0:00:15
     bytes  4.1 MB • 1.3 MB/s
     spent  18 downloads • remaining: premiumaccess 982, editorialsubscription 1000
       9600011  ━━━━━━━━━━━━━━━━━━━╸━━━━━━━━━━━━━━━━━━━━━━━━━━━━━   98.3/312.5 kB 80.1 kB/s
+
+A file's bar moves with the bytes on disk (the engine reports them at most twice a second);
+one seen only once its bytes are all in says "finishing" (its fsync and rename) instead of a
+rate that one sample cannot give.
 
 Remaining quota is not in any event (Getty's download answer does not say it), so
 `QuotaView` asks `GET /v3/products` lazily, when the run first spends (and again at most every
@@ -30,9 +34,12 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     MofNCompleteColumn,
+    ProgressColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -134,6 +141,36 @@ class QuotaView:
         return "remaining: " + ", ".join(f"{k} {v}" for k, v in sorted(left.items()))
 
 
+class _Labeled(ProgressColumn):
+    """Another column's text after a label: "elapsed 0:00:12", "left 0:00:15"."""
+
+    def __init__(self, label: str, inner: ProgressColumn) -> None:
+        super().__init__()
+        self.label = label
+        self.inner = inner
+
+    def render(self, task: Task) -> Text:
+        shown = self.inner.render(task)
+        return Text.assemble(f"{self.label} ", shown if isinstance(shown, Text) else str(shown))
+
+
+class _FilesRate(ProgressColumn):
+    """Files finished per second over rich's sample window."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("… files/s" if speed is None else f"{speed:.1f} files/s")
+
+
+class _FileRate(TransferSpeedColumn):
+    """A transfer's rate; "finishing" once all its bytes are in (fsync, rename)."""
+
+    def render(self, task: Task) -> Text:
+        if task.total is not None and task.completed >= task.total:
+            return Text("finishing")
+        return super().render(task)
+
+
 class RunDisplay:
     """Live bars on a terminal: overall files (rate, ETA), bytes, spends, largest transfers.
 
@@ -156,7 +193,11 @@ class RunDisplay:
             MofNCompleteColumn(),
             TaskProgressColumn(),
             TextColumn("•"),
-            TimeRemainingColumn(),
+            _FilesRate(),
+            TextColumn("•"),
+            _Labeled("elapsed", TimeElapsedColumn()),
+            TextColumn("•"),
+            _Labeled("left", TimeRemainingColumn()),
             console=console,
             get_time=get_time,
             expand=True,
@@ -175,7 +216,7 @@ class RunDisplay:
             TextColumn("  {task.description}"),
             BarColumn(bar_width=None),
             DownloadColumn(),
-            TransferSpeedColumn(),
+            _FileRate(),
             console=console,
             get_time=get_time,
             expand=True,

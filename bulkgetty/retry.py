@@ -30,7 +30,7 @@ from .errors import (
     ServerError,
 )
 
-__all__ = ("RETRY_STATUSES", "RetryPolicy", "with_retries")
+__all__ = ("RETRY_STATUSES", "RetryNotice", "RetryPolicy", "with_retries")
 
 T = TypeVar("T")
 
@@ -38,6 +38,17 @@ T = TypeVar("T")
 RETRY_STATUSES: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 
 _DELTA_SECONDS = re.compile(r"\s*\d+\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryNotice:
+    """One retry about to wait: the error, the try that failed (1-based), the tries allowed
+    and the wait in seconds. What `RetryPolicy.on_retry` is told."""
+
+    error: BulkGettyError
+    attempt: int
+    attempts: int
+    delay: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,8 @@ class RetryPolicy:
     retry_after_max: a server's Retry-After is honoured up to this many seconds.
     statuses: HTTP statuses of ApiErrors that may be retried.
     rng: source of jitter; pass `random.Random(seed)` for reproducible waits.
+    on_retry: told of every retry before its wait (so a person sees a failure as it happens,
+        not minutes later); it may raise to stop retrying, and never changes a wait.
     """
 
     attempts: int = 5
@@ -60,6 +73,7 @@ class RetryPolicy:
     retry_after_max: float = 300.0
     statuses: frozenset[int] = RETRY_STATUSES
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    on_retry: Callable[[RetryNotice], None] | None = field(default=None, compare=False, repr=False)
 
     def should_retry(self, error: BulkGettyError, attempt: int, *, is_spending_post: bool) -> bool:
         """May the request that failed on try number `attempt` (1-based) be sent again?
@@ -140,5 +154,8 @@ async def with_retries(
             if not policy.should_retry(error, attempt, is_spending_post=is_spending_post):
                 raise
             retry_after = error.retry_after if isinstance(error, RateLimitedError) else None
-            await sleep(policy.delay(attempt, retry_after=retry_after))
+            delay = policy.delay(attempt, retry_after=retry_after)
+            if policy.on_retry is not None:
+                policy.on_retry(RetryNotice(error, attempt, policy.attempts, delay))
+            await sleep(delay)
             attempt += 1

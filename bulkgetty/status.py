@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,11 +27,23 @@ from .journal import (
     waiting_reasons,
 )
 
-__all__ = ("ChangedFile", "JournalStatus", "group_reasons", "journal_status")
+__all__ = (
+    "ChangedFile",
+    "JournalStatus",
+    "ReasonTally",
+    "group_reasons",
+    "journal_status",
+    "reason_lines",
+)
 
 #: Failure reasons shown per group; the report has every asset's own.
 MAX_GROUPS: Final = 10
+#: Asset ids named per reason at the end of a run (the report has them all).
+MAX_IDS: Final = 3
+#: Distinct reasons a run's tally keeps apart; later new ones count as "other reasons".
+MAX_TALLIED: Final = 1000
 _NUMBER = re.compile(r"\d{4,}")
+_OTHER = "other reasons (see the report)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +98,8 @@ class JournalStatus:
             f"  waiting for quota  {self.waiting_for_quota:>8}",
             f"  downloads spent    {self.spends:>8}",
         ]
-        for title, groups in (("failed", self.failures), ("waiting", self.waiting)):
-            if groups:
-                out.append(f"{title}, by reason:")
-                out += [f"  {n:>6} × {reason}" for reason, n in groups]
+        out += reason_lines("failed", [(r, n, ()) for r, n in self.failures])
+        out += reason_lines("waiting", [(r, n, ()) for r, n in self.waiting])
         if self.last_run is not None:
             r = self.last_run
             state = "unfinished" if r.finished is None else f"exit {r.exit_code}"
@@ -103,17 +114,62 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _reason_key(reason: str) -> str:
+    """Reasons that differ only in ids or numbers are one reason."""
+    return _NUMBER.sub("N", reason) or "(no reason recorded)"
+
+
+def _ranked(merged: dict[str, int]) -> list[tuple[str, int]]:
+    """Most frequent first; past MAX_GROUPS the rest are one "other reasons" group."""
+    ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(ranked) > MAX_GROUPS:
+        rest = sum(n for _, n in ranked[MAX_GROUPS - 1 :])
+        ranked = [*ranked[: MAX_GROUPS - 1], (_OTHER, rest)]
+    return ranked
+
+
 def group_reasons(counts: list[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
     """Merge reasons that differ only in ids or numbers; most frequent first, at most 10."""
     merged: dict[str, int] = {}
     for reason, n in counts:
-        key = _NUMBER.sub("N", reason) or "(no reason recorded)"
+        key = _reason_key(reason)
         merged[key] = merged.get(key, 0) + n
-    ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
-    if len(ranked) > MAX_GROUPS:
-        rest = sum(n for _, n in ranked[MAX_GROUPS - 1 :])
-        ranked = [*ranked[: MAX_GROUPS - 1], ("other reasons (see the report)", rest)]
-    return tuple(ranked)
+    return tuple(_ranked(merged))
+
+
+@dataclass(slots=True)
+class ReasonTally:
+    """Reasons counted one asset at a time, grouped as `status` groups them, with the first
+    MAX_IDS asset ids of each: what the end of a run prints when no one watched it."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, asset_id: str) -> None:
+        key = _reason_key(reason)
+        if key not in self.counts and len(self.counts) >= MAX_TALLIED:
+            key = _OTHER
+        self.counts[key] = self.counts.get(key, 0) + 1
+        named = self.ids.setdefault(key, [])
+        if len(named) < MAX_IDS:
+            named.append(asset_id)
+
+    def groups(self) -> list[tuple[str, int, Sequence[str]]]:
+        """(reason, assets, up to MAX_IDS ids), most frequent first, at most MAX_GROUPS."""
+        return [(r, n, self.ids.get(r, ())) for r, n in _ranked(self.counts)]
+
+
+def reason_lines(title: str, groups: Iterable[tuple[str, int, Sequence[str]]]) -> list[str]:
+    """`TITLE, by reason:` and one `N × reason` line a group (with its ids when known)."""
+    out = [f"  {n:>6} × {reason}" + _ids(ids, n) for reason, n, ids in groups]
+    return [f"{title}, by reason:", *out] if out else []
+
+
+def _ids(ids: Sequence[str], n: int) -> str:
+    if not ids:
+        return ""
+    more = ", …" if n > len(ids) else ""
+    return f" (ids: {', '.join(ids)}{more})"
 
 
 def journal_status(out_dir: Path, *, verify: bool = False) -> JournalStatus:

@@ -125,6 +125,36 @@ def test_display_shows_files_bytes_spends_and_the_largest_transfers() -> None:
     assert "video big" not in screen(display)
 
 
+def _progress(done: int, *flights: ev.InFlight) -> ev.Progress:
+    return ev.Progress(
+        files_done=done, files_total_seen=10, bytes_done=0, spends=0, in_flight=flights
+    )
+
+
+def test_display_labels_times_and_shows_files_per_second() -> None:
+    clock = Clock()
+    display = RunDisplay(Console(file=io.StringIO(), width=160), files_total=10, get_time=clock)
+    for second, done in ((1.0, 2), (2.0, 4)):
+        clock.now = second
+        display.handle(_progress(done))
+    text = screen(display)
+    assert re.search(r"4/10\s+40% • 2\.0 files/s • elapsed 0:00:0\d • left 0:00:0\d", text), text
+
+
+def test_a_file_bar_moves_with_its_bytes_and_says_finishing_once_they_are_all_in() -> None:
+    clock = Clock()
+    display = RunDisplay(Console(file=io.StringIO(), width=160), files_total=10, get_time=clock)
+    seen = []
+    for second, done in ((1.0, 1_000_000), (2.0, 2_000_000), (3.0, 4_000_000)):
+        clock.now = second
+        flight = ev.InFlight(id="v", asset_type="video", bytes_done=done, total=4_000_000)
+        display.handle(_progress(0, flight))
+        seen.append(next(line for line in screen(display).splitlines() if "video v" in line))
+    assert re.search(r"1\.0/4\.0 MB\s+\?$", seen[0].rstrip()), seen  # one sample: no rate yet
+    assert re.search(r"2\.0/4\.0 MB\s+1\.0 MB/s$", seen[1].rstrip()), seen
+    assert re.search(r"4\.0/4\.0 MB\s+finishing$", seen[2].rstrip()), seen
+
+
 def test_display_prints_failures_above_the_bars_up_to_a_limit() -> None:
     out = io.StringIO()
     display = RunDisplay(Console(file=out, width=200, force_terminal=False), files_total=50)

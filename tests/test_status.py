@@ -11,7 +11,7 @@ import pytest
 from bulkgetty.assets import Asset
 from bulkgetty.errors import UsageError
 from bulkgetty.journal import Journal
-from bulkgetty.status import MAX_GROUPS, group_reasons, journal_status
+from bulkgetty.status import MAX_GROUPS, ReasonTally, group_reasons, journal_status, reason_lines
 
 
 def finish(j: Journal, out: Path, asset: Asset, content: bytes) -> None:
@@ -106,3 +106,25 @@ def test_group_reasons_caps_the_groups_and_counts_the_rest() -> None:
     assert groups[0] == ("reason a", 20)
     assert groups[-1] == ("other reasons (see the report)", sum(20 - i for i in range(9, 15)))
     assert sum(n for _, n in groups) == sum(n for _, n in counts)
+
+
+def test_a_runs_tally_groups_as_status_does_and_names_three_ids_per_reason() -> None:
+    tally = ReasonTally()
+    for i in range(5):
+        tally.add(f"POST /v3/downloads/images/{7000 + i}: 404 ImageNotFound", str(7000 + i))
+    tally.add("the delivery URI was refused", "42")
+    groups = tally.groups()
+    assert [(r, n) for r, n, _ in groups] == list(
+        group_reasons(
+            [
+                ("POST /v3/downloads/images/N: 404 ImageNotFound", 5),
+                ("the delivery URI was refused", 1),
+            ]
+        )
+    )
+    assert reason_lines("failed", groups) == [
+        "failed, by reason:",
+        "       5 × POST /v3/downloads/images/N: 404 ImageNotFound (ids: 7000, 7001, 7002, …)",
+        "       1 × the delivery URI was refused (ids: 42)",
+    ]
+    assert reason_lines("waiting", ReasonTally().groups()) == []

@@ -27,6 +27,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+import bulkgetty
+from bulkgetty.cli import build_parser
 from bulkgetty.events import EVENT_KINDS, EVENT_SCHEMA
 from bulkgetty.sandbox import Product, SandboxConfig, SandboxThread
 from tests.harness import REPO, clean_env, cli, command, report, sha256, write_ids
@@ -284,12 +286,13 @@ def _pty_run(
     *,
     interrupt_after: str | None = None,
     then: str | None = None,
+    stdout: int | None = None,
 ) -> tuple[int, str]:
     """Run the CLI on a 120x30 pseudo-terminal; returns (exit status, everything it drew).
 
     With `interrupt_after` (a regex), a Ctrl-C (the terminal's own ^C) is typed once it shows;
     with `then` too, a second one once that shows after the first (signals sent together
-    would merge into one).
+    would merge into one). `stdout`: a file descriptor for stdout instead of the terminal.
     """
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
@@ -297,7 +300,7 @@ def _pty_run(
         command(args),
         env={**env, "TERM": "xterm-256color"},
         stdin=slave,
-        stdout=slave,
+        stdout=slave if stdout is None else stdout,
         stderr=slave,
         cwd=REPO,
         start_new_session=True,
@@ -472,3 +475,251 @@ def test_second_ctrl_c_exits_at_once_and_nothing_is_ever_bought_twice(tmp_path: 
         assert set(spends.values()) == {1} and sorted(spends) == [f"video/{i}" for i in ids]
         for row in report(out):  # a purchase cut off mid-answer is named, never re-bought
             assert row["status"] == "downloaded" or "--reacquire-expired" in row["error"], row
+
+
+# the first hour (issue 13) -----------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A loopback port with nothing listening: connecting is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_version_from_the_command_and_from_python_m() -> None:
+    for prefix in ((), ("-m", "bulkgetty")):
+        argv = command(("--version",))
+        if prefix:
+            argv = [argv[0], *prefix, "--version"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"bulkgetty {bulkgetty.__version__}"
+
+
+@pytest.mark.parametrize("name", ["run", "plan", "history", "search"])
+def test_every_command_that_asks_the_api_takes_sandbox(name: str, tmp_path: Path) -> None:
+    args = {
+        "run": ("run", "manifests/sample.csv", "--out", str(tmp_path / "o")),
+        "plan": ("plan", "manifests/sample.csv"),
+        "history": ("history", "--out", str(tmp_path / "h.csv")),
+        "search": ("search", "lake", "--limit", "3", "--out", str(tmp_path / "s.csv")),
+    }[name]
+    done = cli(*args, "--sandbox", env=clean_env())
+    assert done.returncode == 0, done.stderr
+    no_traceback(done)
+
+
+@pytest.mark.parametrize("name", ["run", "plan"])
+def test_unreachable_api_is_named_as_it_happens_and_given_up_with_exit_2(
+    name: str, tmp_path: Path
+) -> None:
+    """Nothing listening: each connect failure on stderr, then one line naming the address
+    and exit 2 (bounded by the 60 s timeout); nothing is left in doubt, so a run against
+    the real API afterwards buys each asset once."""
+    port = _closed_port()
+    out = tmp_path / "o"
+    args = ("run", "manifests/sample.csv", "--out", str(out))
+    if name == "plan":
+        args = ("plan", "manifests/sample.csv")
+    with SandboxThread() as sb:
+        env = clean_env({**sb.credentials_env(), "GETTY_API_URL": f"http://127.0.0.1:{port}"})
+        done = cli(*args, env=env, timeout=60)
+        assert done.returncode == 2, done.stderr
+        no_traceback(done)
+        lines = done.stderr.strip().splitlines()
+        assert (
+            f"bulkgetty: cannot connect to 127.0.0.1:{port} (connection refused); retry 1 of 4 in"
+            in lines[0]
+        )
+        assert lines[-1].startswith(
+            f"bulkgetty: error: cannot connect to the Getty API at 127.0.0.1:{port}"
+        )
+        assert "nothing was spent" in lines[-1]
+        if name == "run":
+            status = cli("status", str(out), "--json", env=env)
+            state = json.loads(status.stdout)
+            assert (state["in_doubt"], state["failed"], state["spends"]) == (0, 0, 0)
+            again = cli(*args, env=clean_env(sb.credentials_env()))
+            assert again.returncode == 0, again.stderr
+            assert sum(sb.spends_by_asset().values()) == 11
+
+
+def test_plan_help_documents_its_exit_codes() -> None:
+    done = cli("plan", "--help", env=clean_env())
+    assert "exit status: 0 the run fits; 3 some assets would wait" in done.stdout
+    assert "the API cannot be reached" in done.stdout
+
+
+def test_api_url_without_scheme_says_what_it_needs_and_shows_what_was_given(
+    tmp_path: Path,
+) -> None:
+    done = cli(
+        "run",
+        "manifests/sample.csv",
+        "--out",
+        str(tmp_path / "o"),
+        "--api-url",
+        "127.0.0.1:9",
+        env=clean_env({"GETTY_API_KEY": "k", "GETTY_API_SECRET": "s"}),
+    )
+    assert done.returncode == 2
+    first = done.stderr.splitlines()[0]
+    assert "needs https:// (or http:// for a loopback address)" in first
+    assert "got '127.0.0.1:9'" in first and "http://127.0.0.1:9" in first
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_naming_a_file_is_refused_as_a_file(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("keep me")
+    done = cli(
+        "run",
+        "manifests/sample.csv",
+        "--out",
+        str(tmp_path / "afile"),
+        "--sandbox",
+        env=clean_env(),
+    )
+    assert done.returncode == 2
+    assert f"--out {tmp_path / 'afile'} is a file, not a folder" in done.stderr
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_max_downloads_0_is_refused_as_nothing_could_be_downloaded(tmp_path: Path) -> None:
+    with SandboxThread() as sb:
+        done = cli(
+            "run",
+            "manifests/sample.csv",
+            "--out",
+            str(tmp_path / "o"),
+            "--max-downloads",
+            "0",
+            env=clean_env(sb.credentials_env()),
+        )
+        assert done.returncode == 2
+        assert "nothing could be downloaded" in done.stderr
+        assert sb.spends_by_asset() == {}
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n\n"])
+def test_empty_txt_manifest_is_refused_and_named_like_an_empty_csv(
+    text: str, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "ids.txt"
+    manifest.write_text(text)
+    done = cli("run", str(manifest), "--out", str(tmp_path / "o"), "--sandbox", env=clean_env())
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"{manifest}:1: no asset ids")
+    assert "nothing was spent" in done.stderr
+
+
+def test_mistyped_option_suggests_the_nearest() -> None:
+    done = cli("run", "manifests/sample.csv", "--out", "o", "--concurency", "3", env=clean_env())
+    assert done.returncode == 2
+    assert "unrecognized arguments: --concurency 3 (did you mean --concurrency?)" in done.stderr
+    assert done.stderr.startswith("usage: bulkgetty run")
+
+
+def _commands() -> list[tuple[str, ...]]:
+    """Every command and sub-command, as argv prefixes."""
+    parser = build_parser()
+    out: list[tuple[str, ...]] = []
+
+    def walk(p: object, prefix: tuple[str, ...]) -> None:
+        import argparse
+
+        assert isinstance(p, argparse.ArgumentParser)
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if prefix:
+            out.append(prefix)
+        for action in subs:
+            for name, child in action.choices.items():
+                walk(child, (*prefix, name))
+
+    walk(parser, ())
+    return out
+
+
+@pytest.mark.parametrize("argv", _commands(), ids=" ".join)
+def test_help_gives_every_option_a_text_and_its_default(argv: tuple[str, ...]) -> None:
+    import argparse
+
+    parser = build_parser()
+    for name in argv:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    done = cli(*argv, "--help", env=clean_env())
+    assert done.returncode == 0
+    entries = re.split(r"\n  (?=-)", done.stdout.split("options:", 1)[1])
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        assert action.help, f"{argv} {action.option_strings} has no help text"
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or isinstance(default, bool):
+            continue
+        entry = next(e for e in entries if e.startswith(action.option_strings[0]))
+        assert "default" in entry and str(default) in entry, (argv, entry)
+
+
+def _failing_run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    missing = [str(7_970_000 + i) for i in range(4)]
+    ids = [*missing, "7970100", "7970101"]
+    with SandboxThread(SandboxConfig(missing_ids=frozenset(missing))) as sb:
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        return cli(
+            "run", str(manifest), "--out", str(out), *extra, env=clean_env(sb.credentials_env())
+        ), out
+
+
+@pytest.mark.parametrize("extra", [(), ("--quiet",)], ids=["not-a-terminal", "quiet"])
+def test_unwatched_run_ends_with_failures_by_reason_and_ids_on_stderr(
+    extra: tuple[str, ...], tmp_path: Path
+) -> None:
+    done, out = _failing_run(tmp_path, *extra)
+    assert done.returncode == 1
+    assert done.stdout.startswith("6 assets: 2 downloaded") and done.stdout.count("\n") == 1
+    err = done.stderr
+    assert "failed, by reason:\n" in err
+    group = next(line for line in err.splitlines() if "4 ×" in line)
+    assert "404" in group and re.search(r"\(ids: 797000\d, 797000\d, 797000\d, …\)", group)
+    assert f"bulkgetty status {out}" in err
+
+
+def test_progress_goes_to_stderr_when_only_stderr_is_a_terminal(tmp_path: Path) -> None:
+    """stdout redirected to a file, stderr a terminal: the bars are drawn on stderr (as
+    curl does) and stdout gets only the summary line."""
+    ids = [str(7_980_000 + i) for i in range(4)]
+    log = tmp_path / "stdout.txt"
+    with SandboxThread(_slow_videos()) as sb, open(log, "w") as stdout:
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        args = ("run", str(manifest), "--out", str(tmp_path / "o"), "--asset-type", "video")
+        code, screen = _pty_run(args, clean_env(sb.credentials_env()), stdout=stdout.fileno())
+    text = ANSI.sub("", screen)
+    assert code == 0, text[-2000:]
+    assert re.search(r"files\s+━+.*\d+/4", text), text[-3000:]
+    assert log.read_text().startswith("4 assets: 4 downloaded")
+    assert log.read_text().count("\n") == 1 and "\x1b[" not in log.read_text()
+
+
+def test_live_display_shows_files_per_second_labelled_times_and_moving_file_bars(
+    tmp_path: Path,
+) -> None:
+    ids = [str(7_990_000 + i) for i in range(3)]
+    config = SandboxConfig(video_bytes=(3_000_000, 3_500_000), bandwidth=600_000)
+    with SandboxThread(config) as sb:
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        args = ("run", str(manifest), "--out", str(tmp_path / "o"), "--asset-type", "video")
+        code, screen = _pty_run((*args, "--concurrency", "3"), clean_env(sb.credentials_env()))
+    text = ANSI.sub("", screen)
+    assert code == 0, text[-2000:]
+    assert re.search(r"\d+/3.*[\d.…]+ files/s • elapsed \d+:\d\d:\d\d • left", text), text[-3000:]
+    partial = [
+        float(m.group(1))
+        for m in re.finditer(r"video 79900\d\d\s+━+[^\n]*?([\d.]+)/3\.[0-9] MB", text)
+    ]
+    assert any(0 < done < 3.0 for done in partial), text[-3000:]  # seen mid-transfer
+    assert len(set(partial)) >= 3  # and moving
