@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
@@ -16,11 +17,12 @@ from typing import TextIO
 from .api import ProductInfo
 from .assets import Asset
 from .auth import Credentials
-from .config import DEFAULT_API_RATE, DEFAULT_API_URL, RunOptions
-from .connect import open_client
+from .config import DEFAULT_API_RATE, RunOptions, api_url_from_env
+from .connect import ConnectWatch, open_client
 from .errors import UsageError
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
 from .merge import META_DEFAULTS, META_MANIFEST, META_SHARD, merge_shards
+from .retry import RetryPolicy
 from .shard import ShardSpec, file_digest, shard_of, split_budget
 
 __all__ = (
@@ -116,9 +118,13 @@ async def downloads_remaining(args: argparse.Namespace, env: Mapping[str, str]) 
             sandbox = await stack.enter_async_context(Sandbox())
             env = {**env, **sandbox.credentials_env()}
         credentials = Credentials.from_env(env)
-        api_url = args.api_url or env.get("GETTY_API_URL") or DEFAULT_API_URL
+        api_url = args.api_url or api_url_from_env(env)
         rate = args.api_rate or DEFAULT_API_RATE
-        client = await stack.enter_async_context(open_client(credentials, api_url, api_rate=rate))
+        watch = ConnectWatch(api_url, lambda line: print(f"bulkgetty: {line}", file=sys.stderr))
+        policy = RetryPolicy(on_retry=watch)  # an unreachable API: named, given up in a minute
+        client = await stack.enter_async_context(
+            open_client(credentials, api_url, api_rate=rate, policy=policy)
+        )
         products = await client.products()
     return _remaining(products, args.product_type)
 

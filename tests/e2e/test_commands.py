@@ -512,7 +512,7 @@ def test_every_command_that_asks_the_api_takes_sandbox(name: str, tmp_path: Path
     no_traceback(done)
 
 
-@pytest.mark.parametrize("name", ["run", "plan"])
+@pytest.mark.parametrize("name", ["run", "plan", "plan-shards"])
 def test_unreachable_api_is_named_as_it_happens_and_given_up_with_exit_2(
     name: str, tmp_path: Path
 ) -> None:
@@ -522,8 +522,8 @@ def test_unreachable_api_is_named_as_it_happens_and_given_up_with_exit_2(
     port = _closed_port()
     out = tmp_path / "o"
     args = ("run", "manifests/sample.csv", "--out", str(out))
-    if name == "plan":
-        args = ("plan", "manifests/sample.csv")
+    if name.startswith("plan"):
+        args = ("plan", "manifests/sample.csv", *(("--shards", "4") if "shards" in name else ()))
     with SandboxThread() as sb:
         env = clean_env({**sb.credentials_env(), "GETTY_API_URL": f"http://127.0.0.1:{port}"})
         done = cli(*args, env=env, timeout=60)
