@@ -179,6 +179,11 @@ def error_from_response(
         text += f" {code}"
     if message and message != code:
         text += f": {message}"
+    if code == "UserTokenRequired":
+        text += (
+            " (downloads need a user token: set GETTY_USERNAME and GETTY_PASSWORD for the"
+            " password grant, or GETTY_REFRESH_TOKEN)"
+        )
     text = redact(text, secrets)
     throttled = status == 429 or (status == 403 and QPS_DETAIL in (detail or "", message or ""))
     if throttled:

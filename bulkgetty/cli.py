@@ -324,6 +324,16 @@ def _add_sandbox(sub: SubParsers) -> None:
         metavar="BYTES",
         help="every video file this large (default: 1 to 8 MB each)",
     )
+    p.add_argument(
+        "--catalogue",
+        metavar="FILE",
+        help="only the ids in FILE exist, one a line (default: every id with a digit)",
+    )
+    p.add_argument(
+        "--require-user-token",
+        action="store_true",
+        help="refuse downloads to client_credentials tokens (UserTokenRequired), as Getty may",
+    )
 
 
 # shared ------------------------------------------------------------------------------------
@@ -574,12 +584,20 @@ async def search_command(args: argparse.Namespace, env: Mapping[str, str], emit:
 async def sandbox_command(args: argparse.Namespace, env: Mapping[str, str], emit: Emitter) -> int:
     """Serve until Ctrl-C; a port that cannot be bound is one line and exit 2."""
     from .sandbox import Sandbox, SandboxConfig, banner, serve_forever
+    from .sandbox.catalogue import read_catalogue
 
     config = SandboxConfig(qps=args.qps, expires_in=args.expires_in, api_latency=args.latency)
     if args.rate is not None:
         config = replace(config, bandwidth=args.rate)
     if args.video_size is not None:
         config = replace(config, video_bytes=(args.video_size, args.video_size))
+    if args.require_user_token:
+        config = replace(config, client_credentials_can_download=False)
+    if args.catalogue is not None:
+        try:
+            config = replace(config, catalogue=read_catalogue(Path(args.catalogue).read_text()))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the catalogue {args.catalogue}: {exc}") from exc
 
     def ready(sandbox: Sandbox) -> None:
         emit.out.write(banner(sandbox))

@@ -333,12 +333,12 @@ async def test_quota_exhausts_exactly_at_limit(clock: FakeClock, session):
         statuses = [
             (await post_download(session, sb, str(i), headers=headers))[0] for i in range(4)
         ]
-        _, body, _ = await post_download(session, sb, "x", headers=headers)
+        _, body, _ = await post_download(session, sb, "x1", headers=headers)
         assert statuses == [200, 200, 200, 403]
         assert body["ErrorCode"] == "OverageLimitReached"
         assert len(sb.ledger) == 3
         sb.reset_quota()
-        assert (await post_download(session, sb, "x", headers=headers))[0] == 200
+        assert (await post_download(session, sb, "x1", headers=headers))[0] == 200
 
 
 async def test_ledger_counts_every_spend_including_repeats(sandbox: Sandbox, session):
@@ -399,24 +399,24 @@ async def test_history_pages_newest_first(sandbox: Sandbox, session, clock: Fake
 
 async def test_history_default_window_is_30_days(sandbox: Sandbox, session, clock: FakeClock):
     headers = await auth_headers(session, sandbox)
-    await post_download(session, sandbox, "old", headers=headers)
+    await post_download(session, sandbox, "old1", headers=headers)
     clock.now += 31 * 86400
     headers = await auth_headers(session, sandbox)
-    await post_download(session, sandbox, "new", headers=headers)
+    await post_download(session, sandbox, "new1", headers=headers)
     _, body = await history(session, sandbox, headers)
-    assert [d["id"] for d in body["downloads"]] == ["new"]
+    assert [d["id"] for d in body["downloads"]] == ["new1"]
     _, body = await history(session, sandbox, headers, date_from="2027-01-01")
-    assert [d["id"] for d in body["downloads"]] == ["old"]
+    assert [d["id"] for d in body["downloads"]] == ["old1"]
 
 
 async def test_history_filters_product_type(sandbox: Sandbox, session):
     headers = await auth_headers(session, sandbox)
-    await post_download(session, sandbox, "a", headers=headers)
+    await post_download(session, sandbox, "a1", headers=headers)
     await post_download(
-        session, sandbox, "b", headers=headers, params={"product_type": "editorialsubscription"}
+        session, sandbox, "b1", headers=headers, params={"product_type": "editorialsubscription"}
     )
     _, body = await history(session, sandbox, headers, product_type="editorialsubscription")
-    assert [d["id"] for d in body["downloads"]] == ["b"]
+    assert [d["id"] for d in body["downloads"]] == ["b1"]
 
 
 async def test_history_page_size_over_100_is_400(sandbox: Sandbox, session):
@@ -533,11 +533,11 @@ async def test_content_matches_expected_and_headers(sandbox: Sandbox, session):
 
 
 async def test_size_override_is_exact(clock: FakeClock, session):
-    async with Sandbox(SandboxConfig(clock=clock, sizes={"big": 5 * 2**20 + 3})) as sb:
-        uri = await uri_for(session, sb, "big")
+    async with Sandbox(SandboxConfig(clock=clock, sizes={"big1": 5 * 2**20 + 3})) as sb:
+        uri = await uri_for(session, sb, "big1")
         _, data, _ = await fetch(session, uri)
         assert len(data) == 5 * 2**20 + 3
-        assert sha(data) == sb.expected("image", "big").sha256
+        assert sha(data) == sb.expected("image", "big1").sha256
 
 
 async def test_head_returns_headers_only(sandbox: Sandbox, session):
@@ -611,25 +611,25 @@ async def test_delivery_records_headers_and_no_secrets(sandbox: Sandbox, session
 
 
 async def test_post_status_fault_that_spends(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(post_status={"f": (503, 1, True)}))
-    first = await post_download(session, sandbox, "f")
-    second = await post_download(session, sandbox, "f")
+    sandbox.configure(faults=Faults(post_status={"f1": (503, 1, True)}))
+    first = await post_download(session, sandbox, "f1")
+    second = await post_download(session, sandbox, "f1")
     assert first[0] == 503 and second[0] == 200
-    assert sandbox.spends_by_asset()["image/f"] == 2
+    assert sandbox.spends_by_asset()["image/f1"] == 2
 
 
 async def test_post_status_fault_that_does_not_spend(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(post_status={"f": (500, 2, False)}))
-    statuses = [(await post_download(session, sandbox, "f"))[0] for _ in range(3)]
+    sandbox.configure(faults=Faults(post_status={"f1": (500, 2, False)}))
+    statuses = [(await post_download(session, sandbox, "f1"))[0] for _ in range(3)]
     assert statuses == [500, 500, 200]
-    assert sandbox.spends_by_asset()["image/f"] == 1
+    assert sandbox.spends_by_asset()["image/f1"] == 1
 
 
 async def test_post_hang_charges_before_hanging(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(post_hang={"slow": 5.0}))
+    sandbox.configure(faults=Faults(post_hang={"slow1": 5.0}))
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(post_download(session, sandbox, "slow"), 0.5)
-    assert sandbox.spends_by_asset()["image/slow"] == 1
+        await asyncio.wait_for(post_download(session, sandbox, "slow1"), 0.5)
+    assert sandbox.spends_by_asset()["image/slow1"] == 1
 
 
 # --- delivery faults ---
@@ -637,8 +637,8 @@ async def test_post_hang_charges_before_hanging(sandbox: Sandbox, session):
 
 @pytest.mark.parametrize("nbytes", [0, 10, 300_000])
 async def test_close_after_truncates_then_recovers(sandbox: Sandbox, session, nbytes):
-    sandbox.configure(faults=Faults(close_after={"c": (nbytes, 1)}), sizes={"c": 400_000})
-    uri = await uri_for(session, sandbox, "c")
+    sandbox.configure(faults=Faults(close_after={"c1": (nbytes, 1)}), sizes={"c1": 400_000})
+    uri = await uri_for(session, sandbox, "c1")
     received = bytearray()
     with pytest.raises(aiohttp.ClientPayloadError):
         async with session.get(uri) as resp:
@@ -646,24 +646,24 @@ async def test_close_after_truncates_then_recovers(sandbox: Sandbox, session, nb
                 received += chunk
     assert len(received) == nbytes
     _, data, _ = await fetch(session, uri)
-    assert sha(data) == sandbox.expected("image", "c").sha256
+    assert sha(data) == sandbox.expected("image", "c1").sha256
 
 
 async def test_stall_after_pauses_body(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(stall_after={"s": (500, 3.0, 1)}))
-    uri = await uri_for(session, sandbox, "s")
+    sandbox.configure(faults=Faults(stall_after={"s1": (500, 3.0, 1)}))
+    uri = await uri_for(session, sandbox, "s1")
     async with session.get(uri) as resp:
         first = await resp.content.readexactly(500)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(resp.content.read(1), 0.3)
-    length = sandbox.expected("image", "s").length
-    whole = b"".join(bytes(c) for c in content("image", "s", Variant(), length, 0))
+    length = sandbox.expected("image", "s1").length
+    whole = b"".join(bytes(c) for c in content("image", "s1", Variant(), length, 0))
     assert first == whole[:500]
 
 
 async def test_ignore_range_sends_whole_file(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(ignore_range={"r": 1}))
-    uri = await uri_for(session, sandbox, "r")
+    sandbox.configure(faults=Faults(ignore_range={"r1": 1}))
+    uri = await uri_for(session, sandbox, "r1")
     first = await fetch(session, uri, {"Range": "bytes=10-"})
     second = await fetch(session, uri, {"Range": "bytes=10-"})
     assert first[0] == 200 and "Content-Range" not in first[2]
@@ -671,42 +671,42 @@ async def test_ignore_range_sends_whole_file(sandbox: Sandbox, session):
 
 
 async def test_etag_change_changes_content(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(etag_change=frozenset({"e"})))
-    uri = await uri_for(session, sandbox, "e")
+    sandbox.configure(faults=Faults(etag_change=frozenset({"e1"})))
+    uri = await uri_for(session, sandbox, "e1")
     first = await fetch(session, uri)
     second = await fetch(session, uri, {"Range": "bytes=10-", "If-Range": first[2]["ETag"]})
     assert first[2]["ETag"] != second[2]["ETag"]
     assert second[0] == 200 and sha(second[1]) != sha(first[1])
-    assert sha(second[1]) == sandbox.expected("image", "e").sha256
+    assert sha(second[1]) == sandbox.expected("image", "e1").sha256
 
 
 async def test_wrong_content_range(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(wrong_content_range={"w": 1}))
-    uri = await uri_for(session, sandbox, "w")
+    sandbox.configure(faults=Faults(wrong_content_range={"w1": 1}))
+    uri = await uri_for(session, sandbox, "w1")
     status, data, headers = await fetch(session, uri, {"Range": "bytes=10-19"})
     assert status == 206 and len(data) == 10
     assert headers["Content-Range"].split("/")[0] != "bytes 10-19"
 
 
 async def test_chunked_has_no_content_length(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(chunked=frozenset({"k"})))
-    uri = await uri_for(session, sandbox, "k")
+    sandbox.configure(faults=Faults(chunked=frozenset({"k1"})))
+    uri = await uri_for(session, sandbox, "k1")
     status, data, headers = await fetch(session, uri)
     assert status == 200 and "Content-Length" not in headers
     assert headers["Transfer-Encoding"] == "chunked"
-    assert sha(data) == sandbox.expected("image", "k").sha256
+    assert sha(data) == sandbox.expected("image", "k1").sha256
 
 
 async def test_length_mismatch_longer_declared_fails(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(length_mismatch={"m": 100}))
-    uri = await uri_for(session, sandbox, "m")
+    sandbox.configure(faults=Faults(length_mismatch={"m1": 100}))
+    uri = await uri_for(session, sandbox, "m1")
     with pytest.raises(aiohttp.ClientPayloadError):
         await fetch(session, uri)
 
 
 async def test_length_mismatch_shorter_declared_sends_surplus(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(length_mismatch={"m": -100}))
-    uri = await uri_for(session, sandbox, "m")
+    sandbox.configure(faults=Faults(length_mismatch={"m1": -100}))
+    uri = await uri_for(session, sandbox, "m1")
     target = uri.split("/", 3)[3]
     host, port = sandbox.delivery_urls[0].removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -714,15 +714,15 @@ async def test_length_mismatch_shorter_declared_sends_surplus(sandbox: Sandbox, 
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
-    length = sandbox.expected("image", "m").length
+    length = sandbox.expected("image", "m1").length
     assert f"Content-Length: {length - 100}".encode() in head
     assert len(body) == length
 
 
 async def test_redirect_chain_alternates_origins(sandbox: Sandbox, session):
     codes = (301, 302, 303, 307, 308)
-    sandbox.configure(faults=Faults(redirects={"d": codes}))
-    url = await uri_for(session, sandbox, "d")
+    sandbox.configure(faults=Faults(redirects={"d1": codes}))
+    url = await uri_for(session, sandbox, "d1")
     seen = []
     for _ in range(len(codes)):
         status, _, headers = await fetch(session, url)
@@ -730,14 +730,14 @@ async def test_redirect_chain_alternates_origins(sandbox: Sandbox, session):
         url = headers["Location"]
     assert seen == list(codes)
     status, data, _ = await fetch(session, url)
-    assert status == 200 and sha(data) == sandbox.expected("image", "d").sha256
+    assert status == 200 and sha(data) == sandbox.expected("image", "d1").sha256
     origins = {r.origin for r in sandbox.stats.delivery_requests}
     assert origins == set(sandbox.delivery_urls)
 
 
 async def test_redirect_loop_never_ends(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(redirect_loop=frozenset({"l"})))
-    url = await uri_for(session, sandbox, "l")
+    sandbox.configure(faults=Faults(redirect_loop=frozenset({"l1"})))
+    url = await uri_for(session, sandbox, "l1")
     for _ in range(10):
         status, _, headers = await fetch(session, url)
         assert status == 302
@@ -746,12 +746,12 @@ async def test_redirect_loop_never_ends(sandbox: Sandbox, session):
 
 async def test_redirect_to_other_host_reaches_file(sandbox: Sandbox, session):
     port = sandbox.delivery_urls[1].rsplit(":", 1)[1]
-    sandbox.configure(faults=Faults(redirect_to={"t": f"http://localhost:{port}{{path}}"}))
-    url = await uri_for(session, sandbox, "t")
+    sandbox.configure(faults=Faults(redirect_to={"t1": f"http://localhost:{port}{{path}}"}))
+    url = await uri_for(session, sandbox, "t1")
     status, _, headers = await fetch(session, url)
-    assert status == 302 and headers["Location"].startswith(f"http://localhost:{port}/image/t")
+    assert status == 302 and headers["Location"].startswith(f"http://localhost:{port}/image/t1")
     status, data, _ = await fetch(session, headers["Location"])
-    assert status == 200 and sha(data) == sandbox.expected("image", "t").sha256
+    assert status == 200 and sha(data) == sandbox.expected("image", "t1").sha256
 
 
 @pytest.mark.parametrize(
@@ -764,26 +764,26 @@ async def test_redirect_to_other_host_reaches_file(sandbox: Sandbox, session):
     ],
 )
 async def test_hostile_disposition(sandbox: Sandbox, session, value):
-    sandbox.configure(faults=Faults(disposition={"h": value}))
-    _, _, headers = await fetch(session, await uri_for(session, sandbox, "h"))
+    sandbox.configure(faults=Faults(disposition={"h1": value}))
+    _, _, headers = await fetch(session, await uri_for(session, sandbox, "h1"))
     assert headers["Content-Disposition"] == value
 
 
 async def test_no_disposition(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(no_disposition=frozenset({"n"})))
-    _, _, headers = await fetch(session, await uri_for(session, sandbox, "n"))
+    sandbox.configure(faults=Faults(no_disposition=frozenset({"n1"})))
+    _, _, headers = await fetch(session, await uri_for(session, sandbox, "n1"))
     assert "Content-Disposition" not in headers
 
 
 async def test_expired_fault_always_403(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(expired=frozenset({"x"})))
-    status, data, _ = await fetch(session, await uri_for(session, sandbox, "x"))
+    sandbox.configure(faults=Faults(expired=frozenset({"x1"})))
+    status, data, _ = await fetch(session, await uri_for(session, sandbox, "x1"))
     assert status == 403 and b"Request has expired" in data
 
 
 async def test_html_error_page(sandbox: Sandbox, session):
-    sandbox.configure(faults=Faults(html_error={"p": 1}))
-    uri = await uri_for(session, sandbox, "p")
+    sandbox.configure(faults=Faults(html_error={"p1": 1}))
+    uri = await uri_for(session, sandbox, "p1")
     status, data, headers = await fetch(session, uri)
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert data.startswith(b"<!DOCTYPE html>")
@@ -811,20 +811,20 @@ async def test_random_faults_are_deterministic(clock: FakeClock, session):
 
 
 async def test_bandwidth_cap_still_delivers_exact_bytes(clock: FakeClock, session):
-    config = SandboxConfig(clock=clock, bandwidth=2_000_000, sizes={"b": 300_000})
+    config = SandboxConfig(clock=clock, bandwidth=2_000_000, sizes={"b1": 300_000})
     async with Sandbox(config) as sb:
-        _, data, _ = await fetch(session, await uri_for(session, sb, "b"))
-        assert sha(data) == sb.expected("image", "b").sha256
+        _, data, _ = await fetch(session, await uri_for(session, sb, "b1"))
+        assert sha(data) == sb.expected("image", "b1").sha256
 
 
 # --- control surface, thread, corpus ---
 
 
 async def test_control_state_and_reset_quota(sandbox: Sandbox, session):
-    await post_download(session, sandbox, "q")
+    await post_download(session, sandbox, "q1")
     async with session.get(f"{sandbox.api_url}/__sandbox__/state") as resp:
         state = await resp.json()
-    assert state["spends"] == {"image/q": 1}
+    assert state["spends"] == {"image/q1": 1}
     assert state["token_requests"] == 1 and state["api_requests"] == 1
     assert state["remaining"]["1001"] == 999
     async with session.post(f"{sandbox.api_url}/__sandbox__/reset_quota") as resp:
@@ -873,7 +873,7 @@ async def test_serve_forever_reports_ready(session):
 
 async def test_write_corpus_matches_served_files(tmp_path, clock: FakeClock, session):
     config = SandboxConfig(clock=clock, seed=7)
-    items = [("image", "1-a"), ("video", "v")]
+    items = [("image", "1-a"), ("video", "v1")]
     paths = write_corpus(tmp_path, items, config)
     async with Sandbox(config) as sb:
         for path, (asset_type, asset_id) in zip(paths, items, strict=True):

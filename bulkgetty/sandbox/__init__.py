@@ -26,9 +26,12 @@ grants 400, wrong client credentials 401 `invalid_client`; an expired or unknown
 product_type the account lacks 403 `NoAccessToProductType`; every POST spends, repeats
 included, unless `spend_on_repeat=False`; expired or tampered URIs 403 XML `AccessDenied`.
 
-Not emulated: search filters other than `phrase`, `download_requirements`, overage, credit
-packs, team credits (accepted and ignored), implicit/PKCE grants, multi-range requests
-(answered 200 with the whole file).
+Search, metadata, `fields` and the catalogue of ids that exist: `bulkgetty.sandbox.metadata`
+and `bulkgetty.sandbox.catalogue`; the media files: `bulkgetty.sandbox.media`.
+
+Not emulated: search filters other than `phrase` (accepted and ignored),
+`download_requirements`, overage, credit packs, team credits (accepted and ignored),
+implicit/PKCE grants, multi-range requests (answered 200 with the whole file).
 
 HTTPS: `Sandbox(tls=True)` (and `bulkgetty sandbox --tls`) serves all three origins with a
 certificate of a private CA made at start (`bulkgetty.sandbox.tls`); `credentials_env()` then

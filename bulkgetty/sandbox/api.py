@@ -17,48 +17,34 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ..assets import PRODUCT_TYPES, Asset
-from .catalogue import search_items
-from .config import MAX_IMAGE_HEIGHT, VIDEO_SIZES, Product
+from . import metadata
+from .catalogue import exists
+from .common import (
+    DELIVERY_KEY,
+    GRANT_KEY,
+    STATE_KEY,
+    ApiError,
+    Handler,
+    getty_error,
+    not_found,
+)
+from .common import json_response as _json
+from .common import query_bool as _bool
+from .common import query_int as _int
+from .common import state_of as _state
+from .config import VIDEO_SIZES, Product
 from .content import Variant
+from .media import IMAGE_HEIGHTS
 from .state import SandboxState, Spend
 
 __all__ = ("build_api_app",)
-
-STATE_KEY: web.AppKey[SandboxState] = web.AppKey("state", SandboxState)
-DELIVERY_KEY: web.AppKey[list[str]] = web.AppKey("delivery", list)
-GRANT_KEY: web.RequestKey[str] = web.RequestKey("grant", str)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """Raised by helpers; turned into a Getty-style JSON response by the handler wrapper."""
-
-    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = headers or {}
-
-
-def getty_error(status: int, code: str, message: str) -> ApiError:
-    return ApiError(status, {"ErrorCode": code, "ErrorMessage": message})
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=json.dumps(body).encode(),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
 
 _MISSING_TOKEN = ApiError(
     401,
@@ -81,10 +67,6 @@ _THROTTLED = ApiError(
     {"message": "Account Over Queries Per Second Limit"},
     {"X-Error-Detail": "Account Over Queries Per Second Limit"},
 )
-
-
-def _state(request: web.Request) -> SandboxState:
-    return request.app[STATE_KEY]
 
 
 def _gateway(handler: Handler, *, bearer: bool | None) -> Handler:
@@ -188,26 +170,6 @@ async def token(request: web.Request) -> web.StreamResponse:
 # --- query parsing ---
 
 
-def _bool(request: web.Request, name: str, default: bool) -> bool:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    raise getty_error(400, "InvalidParameterValue", f"Field: {name}, value {raw!r} is not a bool")
-
-
-def _int(request: web.Request, name: str, default: int | None = None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit():
-        raise getty_error(
-            400, "InvalidParameterValue", f"Field: {name}, Message: The value '{raw}' is not valid"
-        )
-    return int(raw)
-
-
 def _body(raw: bytes) -> dict[str, str | None]:
     if not raw.strip():
         return {}
@@ -248,18 +210,13 @@ def _variant(request: web.Request, asset_type: str) -> Variant:
         file_type = request.query.get("file_type") or None
         if file_type is not None and file_type not in ("jpg", "eps"):
             raise getty_error(400, "InvalidParameterValue", f"Unknown file_type {file_type!r}")
-        if height is not None and not 0 < height <= MAX_IMAGE_HEIGHT:
+        if height is not None and height not in IMAGE_HEIGHTS:
             raise getty_error(404, "FileDownloadSizeNotFound", f"No download size {height}")
         return Variant(height=height, file_type=file_type)
     size = request.query.get("size") or None
     if size is not None and size not in VIDEO_SIZES:
         raise getty_error(404, "FileDownloadSizeNotFound", f"No download size {size!r}")
     return Variant(size=size)
-
-
-def _not_found(asset_type: str, asset_id: str) -> ApiError:
-    code = "ImageNotFound" if asset_type == "image" else "VideoNotFound"
-    return getty_error(404, code, f"{asset_type.capitalize()} not found: {asset_id}")
 
 
 # --- downloads ---
@@ -282,8 +239,8 @@ async def post_download(request: web.Request, asset_type: str) -> web.StreamResp
     product_id = _int(request, "product_id")
     variant = _variant(request, asset_type)
     body = _body(await request.read())
-    if asset_id in state.config.missing_ids:
-        raise _not_found(asset_type, asset_id)
+    if not exists(state.config, asset_id):
+        raise not_found(asset_type, asset_id)
     if request.get(GRANT_KEY) == "client_credentials" and not (
         state.config.client_credentials_can_download
     ):
@@ -354,9 +311,18 @@ def _charge(
 def _delivery_uri(
     request: web.Request, state: SandboxState, asset_type: str, asset_id: str, variant: Variant
 ) -> str:
+    """A signed URI on the first delivery origin, named with the host the client used."""
     path = state.path_for(asset_type, asset_id, variant)
-    base = state.config.delivery_base or request.app[DELIVERY_KEY][0]
+    base = state.config.delivery_base or _like_request(request, request.app[DELIVERY_KEY][0])
     return f"{base.rstrip('/')}{path}?{state.signed_query(path)}"
+
+
+def _like_request(request: web.Request, origin: str) -> str:
+    """`origin` with the host the client reached the API by (`localhost` stays `localhost`)."""
+    parts = urlsplit(origin)
+    host = request.url.raw_host or parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}:{parts.port}"
 
 
 # --- products and history ---
@@ -484,8 +450,8 @@ def _asset_history_handler(asset_type: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         state = _state(request)
         asset_id = request.match_info["id"]
-        if asset_id in state.config.missing_ids:
-            raise _not_found(asset_type, asset_id)
+        if not exists(state.config, asset_id):
+            raise not_found(asset_type, asset_id)
         _bool(request, "company_downloads", False)
         items = []
         for s in _shown_spends(state):
@@ -496,75 +462,6 @@ def _asset_history_handler(asset_type: str) -> Handler:
         return _json({"id": asset_id, "downloads": items})
 
     return handler
-
-
-def _search_handler(asset_type: str) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        state = _state(request)
-        page = _int(request, "page", 1) or 0
-        page_size = _int(request, "page_size", 30) or 0
-        if page < 1:
-            raise getty_error(400, "InvalidPage", "page must be at least 1")
-        if not 1 <= page_size <= 100:
-            raise getty_error(400, "InvalidPageSize", "page_size must be between 1 and 100")
-        fields = set(filter(None, request.query.get("fields", "").split(",")))
-        api_url = f"{request.scheme}://{request.host}"
-        total, items = search_items(
-            state.config,
-            asset_type,
-            request.query.get("phrase", ""),
-            page=page,
-            page_size=page_size,
-            largest_downloads="largest_downloads" in fields,
-            api_url=api_url,
-        )
-        return _json({"result_count": total, f"{asset_type}s": items})
-
-    return handler
-
-
-def _metadata_handler(asset_type: str) -> Handler:
-    """`GET /v3/images/{id}?fields=download_sizes`: estimated sizes, as Getty gives them."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        state = _state(request)
-        asset_id = request.match_info["id"]
-        key = f"{asset_type}s"
-        if asset_id in state.config.missing_ids:
-            return _json({key: [], f"{key}_not_found": [asset_id]})
-        item: dict[str, Any] = {"id": asset_id}
-        fields = set(filter(None, request.query.get("fields", "").split(",")))
-        if "download_sizes" in fields:
-            item["download_sizes"] = _download_sizes(state, asset_type, asset_id)
-        return _json({key: [item], f"{key}_not_found": []})
-
-    return handler
-
-
-def _download_sizes(state: SandboxState, asset_type: str, asset_id: str) -> list[dict[str, Any]]:
-    if asset_type == "image":
-        out = []
-        for height in (592, 1024, 2048, 5120):
-            spec = state.spec(asset_type, asset_id, Variant(height=height), 0)
-            out.append(
-                {
-                    "name": str(height),
-                    "media_type": "image/jpeg",
-                    "bytes": spec.length * 97 // 100,
-                    "width": height * 3 // 2,
-                    "height": height,
-                    "dpi": 300,
-                }
-            )
-        return out
-    return [
-        {
-            "name": size,
-            "content_type": "video/mp4",
-            "bytes": state.spec(asset_type, asset_id, Variant(size=size), 0).length * 97 // 100,
-        }
-        for size in sorted(VIDEO_SIZES)
-    ]
 
 
 # --- control surface ---
@@ -583,9 +480,22 @@ async def control_reset_quota(request: web.Request) -> web.StreamResponse:
     return _json({"ok": True})
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unknown routes and methods answer a JSON envelope, as Getty's gateway does, never
+    aiohttp's text/plain page: a client parsing every error body as JSON must not choke."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _json({"message": exc.reason}, exc.status, headers)
+
+
 def build_api_app(state: SandboxState, delivery_urls: list[str]) -> web.Application:
     """The API origin; `delivery_urls` is filled in once the delivery servers are bound."""
-    app = web.Application(client_max_size=2**20)
+    app = web.Application(client_max_size=2**20, middlewares=[_json_errors])
     app[STATE_KEY] = state
     app[DELIVERY_KEY] = delivery_urls
 
@@ -597,10 +507,11 @@ def build_api_app(state: SandboxState, delivery_urls: list[str]) -> web.Applicat
         plural = f"{asset_type}s"
         add("POST", f"/v3/downloads/{plural}/{{id}}", _download_handler(asset_type), True)
         add("GET", f"/v3/{plural}/{{id}}/downloadhistory", _asset_history_handler(asset_type), True)
-        add("GET", f"/v3/search/{plural}", _search_handler(asset_type), None)
-        add("GET", f"/v3/{plural}/{{id}}", _metadata_handler(asset_type), None)
+        for path, handler in metadata.routes(asset_type):
+            add("GET", path, handler, None)
     add("GET", "/v3/products", products, True)
     add("GET", "/v3/downloads", downloads, True)
+    app.router.add_get("/media/{asset_type}/{id}/{name}", metadata.display_image)
     app.router.add_get("/__sandbox__/state", control_state)
     app.router.add_post("/__sandbox__/reset_quota", control_reset_quota)
     return app

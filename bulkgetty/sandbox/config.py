@@ -134,6 +134,9 @@ class SandboxConfig:
     default_product_type: str = "premiumaccess"
     #: Asset ids that do not exist (404 on POST, absent from search).
     missing_ids: frozenset[str] = frozenset()
+    #: The ids that exist (`bulkgetty sandbox --catalogue FILE`); None: every id with a
+    #: digit in it exists, as Getty's ids all have (see `bulkgetty.sandbox.catalogue`).
+    catalogue: frozenset[str] | None = None
     #: Range of file lengths, chosen deterministically per asset and variant.
     image_bytes: tuple[int, int] = (20_000, 400_000)
     video_bytes: tuple[int, int] = (1_000_000, 8_000_000)

@@ -38,10 +38,10 @@ __all__ = (
 
 POOL_SIZE = 4 * 2**20
 
-#: The image heights the sandbox sells (Getty's own ladder is per asset and undocumented;
-#: eleven sizes from 66 px to 5120 px as in a real answer): any other `height` is
+#: The image heights the sandbox sells (Getty's own ladder is per asset and undocumented; a
+#: real answer lists eleven sizes from 66 px to 5120 px): any other `height` is
 #: FileDownloadSizeNotFound.
-IMAGE_HEIGHTS = (66, 170, 300, 500, 512, 592, 612, 1024, 2048, 3000, 5120)
+IMAGE_HEIGHTS = (66, 170, 300, 480, 500, 512, 592, 612, 1024, 2048, 3000, 5120)
 
 #: Frame size per video size name (what `download_sizes` and the MP4's `tkhd` say).
 VIDEO_FRAMES: dict[str, tuple[int, int]] = {
