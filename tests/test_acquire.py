@@ -242,7 +242,7 @@ async def test_the_cap_refuses_the_post_after_the_last_slot(rig: Rig) -> None:
     assert isinstance(await r.acquirer.acquire(second), DownloadGrant)
     refused = await r.acquirer.acquire(third)
     assert isinstance(refused, Outcome)
-    assert refused.status is Status.WAITING_FOR_QUOTA
+    assert (refused.asset, refused.status) == (third.asset, Status.WAITING_FOR_QUOTA)
     assert refused.error == "--max-downloads 2 reached in this run"
     assert r.client.posts == ["1", "2"]
     await r.journal.flush()  # the refusal is staged, not committed on its own
@@ -264,7 +264,8 @@ async def test_a_post_proven_not_charged_gives_its_cap_slot_back(rig: Rig) -> No
     r = await rig(_Client([NOT_SPENT, _grant(2)]), [Asset("1"), Asset("2")], limit=1, attempts=1)
     first, second = r.records
     failed = await r.acquirer.acquire(first)
-    assert isinstance(failed, Outcome) and failed.status is Status.FAILED
+    assert isinstance(failed, Outcome)
+    assert (failed.asset, failed.status) == (first.asset, Status.FAILED)
     assert failed.error == "no such asset"
     saved = await r.state(first)
     assert (saved.state, saved.error, saved.spends) == (AssetState.FAILED, "no such asset", 0)
@@ -322,7 +323,11 @@ async def test_quota_reached_closes_only_that_product_and_says_so_once(rig: Rig)
     )
     outcome = await r.acquirer.acquire(first)
     assert isinstance(outcome, Outcome)
-    assert (outcome.status, outcome.error) == (Status.WAITING_FOR_QUOTA, reason)
+    assert (outcome.asset, outcome.status, outcome.error) == (
+        first.asset,
+        Status.WAITING_FOR_QUOTA,
+        reason,
+    )
     saved = await r.state(first)
     assert (saved.state, saved.error) == (AssetState.WAITING_FOR_QUOTA, reason)
     again = await r.acquirer.acquire(second)
@@ -373,18 +378,20 @@ async def test_a_shared_budget_spent_before_the_post_sends_nothing(
 async def test_an_in_doubt_post_found_in_the_history_is_never_sent_again(rig: Rig) -> None:
     """The answer was lost and the history shows the spend: counted, the URI is lost, the
     asset fails with the --reacquire-expired advice, and the cap slot stays used."""
-    r = await rig(_Client([LOST, _grant()], history=[_spend()]), limit=1, attempts=5)
-    [record] = r.records
-    outcome = await r.acquirer.acquire(record)
-    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
-    assert "--reacquire-expired" in (outcome.error or "")
-    assert "the answer was lost" in (outcome.error or "")
-    assert r.client.posts == ["1"]
-    assert r.client.asked == [("image", "1")]
-    saved = await r.state(record)
-    assert (saved.state, saved.spends, saved.error) == (AssetState.FAILED, 1, outcome.error)
-    assert r.acquirer.spends == 1
-    assert r.acquirer.budget.used == 1
+    client = _Client([LOST, LOST, _grant()], history=[_spend()])
+    r = await rig(client, [Asset("1"), Asset("2")], limit=2)
+    outcomes = [await r.acquirer.acquire(record) for record in r.records]
+    for record, outcome in zip(r.records, outcomes, strict=True):
+        assert isinstance(outcome, Outcome)
+        assert (outcome.asset, outcome.status) == (record.asset, Status.FAILED)
+        assert "--reacquire-expired" in (outcome.error or "")
+        assert "the answer was lost" in (outcome.error or "")
+        saved = await r.state(record)
+        assert (saved.state, saved.spends, saved.error) == (AssetState.FAILED, 1, outcome.error)
+    assert r.client.posts == ["1", "2"]
+    assert r.client.asked == [("image", "1"), ("image", "2")]
+    assert r.acquirer.spends == 2
+    assert r.acquirer.budget.used == 2
 
 
 async def test_an_in_doubt_post_absent_from_the_history_is_bought_again(rig: Rig) -> None:
@@ -440,8 +447,17 @@ async def test_an_in_doubt_post_whose_history_check_fails_stays_in_doubt(rig: Ri
         (_spend(ago=200.0), True),  # within HISTORY_SKEW of the intent: clocks differ
         (_spend(ago=acquire.HISTORY_SKEW + 300.0), False),  # an older purchase
         (_spend(date="not a date"), True),  # unreadable: assume ours, never re-spend
+        (_spend(date="2020-01-01T00:00:00Z"), False),  # "Z" is UTC: years old
     ],
-    ids=["same-product", "no-product", "other-product", "skewed", "older", "unreadable-date"],
+    ids=[
+        "same-product",
+        "no-product",
+        "other-product",
+        "skewed",
+        "older",
+        "unreadable-date",
+        "older-zulu",
+    ],
 )
 async def test_which_history_entries_count_as_the_lost_post(
     rig: Rig, entry: HistoryItem, spent: bool
@@ -502,3 +518,40 @@ async def _crashed_intent(r: _Rig) -> Record:
     record = await r.state(r.records[0])
     assert record.state is AssetState.INTENT and record.intent_at is not None
     return record
+
+
+@pytest.mark.parametrize(
+    ("dated", "spent"),
+    [(1_000.0 - acquire.HISTORY_SKEW, True), (1_000.0 - acquire.HISTORY_SKEW - 0.5, False)],
+    ids=["at-the-skew-bound", "just-before-it"],
+)
+async def test_a_spend_dated_exactly_at_the_skew_bound_counts(
+    tmp_path: Path, dated: float, spent: bool
+) -> None:
+    acquirer, journal, record = await _acquirer(tmp_path, limit=None)
+    when = datetime.fromtimestamp(dated, UTC).isoformat()
+    acquirer.client = cast(Any, _Client([], history=[_spend(date=when)]))
+    acquirer.history_settle = 0.0
+    try:
+        assert await acquirer.was_spent(record, since=1_000.0) is spent
+    finally:
+        await journal.close()
+
+
+@pytest.mark.parametrize(
+    ("since", "waits"), [(970.0, []), (970.5, [0.5])], ids=["settled", "half-a-second-left"]
+)
+async def test_the_settle_wait_is_exactly_what_is_left_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since: float, waits: list[float]
+) -> None:
+    acquirer, journal, record = await _acquirer(tmp_path, limit=None)
+    acquirer.client = cast(Any, _History())
+    acquirer.history_settle = 30.0
+    clock = _Asyncio()
+    monkeypatch.setattr(acquire, "time", SimpleNamespace(time=lambda: 1_000.0))
+    monkeypatch.setattr(acquire, "asyncio", clock)
+    try:
+        await acquirer.was_spent(record, since=since)
+        assert clock.slept == waits
+    finally:
+        await journal.close()

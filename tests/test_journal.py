@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -11,14 +12,27 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bulkgetty.assets import Asset
-from bulkgetty.errors import JournalError
-from bulkgetty.journal import STATE_DIR, AssetState, AsyncJournal, Journal
+from bulkgetty.errors import BulkGettyError, DiskFullError, JournalError
+from bulkgetty.journal import (
+    NETWORK_FILESYSTEMS,
+    STATE_DIR,
+    AssetState,
+    AsyncJournal,
+    Journal,
+    failure_counts,
+    filesystem_type,
+    iter_done,
+    journal_mode_for,
+    runs,
+    waiting_reasons,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -612,3 +626,256 @@ def test_waiting_for_quota_is_batched_and_never_overrides_a_purchase(tmp_path: P
         assert got_b.uri == "https://d.example/x"
     finally:
         journal.close()
+
+
+# ------------------------------------------------------------------ shard binding
+
+
+def test_bind_meta_records_the_first_run_and_refuses_a_different_later_one(
+    journal: Journal,
+) -> None:
+    """A folder belongs to one shard of one manifest: the same values again are fine, any
+    other value is refused with both values named, and nothing of the refused call is kept."""
+    assert journal.read_meta() == {"schema": "1"}
+    journal.bind_meta({"shard": "0/4", "manifest_sha256": "aa"})
+    journal.bind_meta({"shard": "0/4", "manifest_sha256": "aa"})
+    with pytest.raises(JournalError) as info:
+        journal.bind_meta({"extra": "x", "shard": "1/4"})
+    assert str(info.value) == (
+        f"{journal.state_dir.parent} was run with shard 0/4, this run has 1/4; "
+        "use a fresh --out folder for another shard layout or manifest"
+    )
+    assert journal.read_meta() == {"schema": "1", "shard": "0/4", "manifest_sha256": "aa"}
+
+
+# ------------------------------------------------------------------ status queries
+
+
+def test_status_queries_count_failures_and_waits_most_frequent_first(journal: Journal) -> None:
+    run = journal.begin_run("m")
+    batch = assets(7)
+    journal.upsert(batch, run)
+    for a in batch[:3]:
+        journal.record_failed(a.key, "404")
+    journal.record_failed(batch[3].key, "boom")
+    journal.record_waiting_many({batch[4].key: "cap", batch[5].key: "limit", batch[6].key: "cap"})
+    assert failure_counts(journal) == [("404", 3), ("boom", 1)]
+    assert waiting_reasons(journal) == [("cap", 2), ("limit", 1)]
+    journal.record_not_spent(batch[4].key, AssetState.FAILED, None)  # no message: ""
+    top, *ties = failure_counts(journal)
+    assert (top, sorted(ties)) == (("404", 3), [("", 1), ("boom", 1)])
+
+
+def test_runs_lists_every_run_oldest_first(journal: Journal) -> None:
+    first = journal.begin_run("a.csv")
+    second = journal.begin_run("b.csv")
+    journal.finish_run(first, spends=4, exit_code=0)
+    rows = runs(journal)
+    assert [(r.id, r.manifest, r.spends, r.exit_code) for r in rows] == [
+        (first, "a.csv", 4, 0),
+        (second, "b.csv", 0, None),
+    ]
+    assert rows[0].finished is not None and rows[0].finished >= rows[0].started
+    assert rows[1].finished is None
+
+
+def test_iter_done_yields_only_finished_assets_in_key_order_across_batches(
+    journal: Journal,
+) -> None:
+    run = journal.begin_run("m")
+    batch = assets(9)
+    journal.upsert(batch, run)
+    done = [batch[i] for i in (8, 0, 3, 4, 6)]
+    for a in done:
+        journal.record_done(a.key, path=f"{a.id}.jpg", size=1, sha256="0" * 64)
+    journal.record_failed(batch[1].key, "boom")
+    got = list(iter_done(journal, batch=2))
+    assert [r.key for r in got] == sorted(a.key for a in done)
+    assert all(r.state is AssetState.DONE for r in got)
+
+
+def test_totals_of_one_run_count_only_that_run(journal: Journal) -> None:
+    run1 = journal.begin_run("m1")
+    [a] = journal.upsert([Asset("a")], run1)
+    journal.record_acquired(a.key, "u", 1.0)
+    journal.record_done(a.key, path="a.jpg", size=10, sha256="0" * 64)
+    run2 = journal.begin_run("m2")
+    [b] = journal.upsert([Asset("b")], run2)
+    journal.record_acquired(b.key, "u", 1.0)
+    journal.record_done(b.key, path="b.jpg", size=7, sha256="0" * 64)
+    assert (journal.totals(run2).spends, journal.totals(run2).bytes_done) == (1, 7)
+    assert (journal.totals().spends, journal.totals().bytes_done) == (2, 17)
+
+
+# ------------------------------------------------------------------ filesystems
+
+
+_MOUNTS = """\
+/dev/sda1 / ext4 rw 0 0
+server:/export /nonexistent-bg/nfs nfs4 rw 0 0
+//host/share /nonexistent-bg/nfs/with\\040space cifs rw 0 0
+tmpfs /nonexistent-bg/nf tmpfs rw 0 0
+bad-line
+"""
+
+
+@pytest.fixture
+def mounts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """/proc/self/mounts as `_MOUNTS` says, every other path read as usual."""
+    real = Path.read_text
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        if str(self) == "/proc/self/mounts":
+            return _MOUNTS
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.delenv("BULKGETTY_JOURNAL_MODE", raising=False)
+    yield
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/", "ext4"),
+        ("/home/x", "ext4"),
+        ("/nonexistent-bg/nfs", "nfs4"),
+        ("/nonexistent-bg/nfs/deep/er", "nfs4"),
+        ("/nonexistent-bg/nfsx", "ext4"),  # a longer name, not inside the mount
+        ("/nonexistent-bg/nf/x", "tmpfs"),
+        ("/nonexistent-bg/nfs/with space/x", "cifs"),  # \040 is a space in mounts
+    ],
+)
+@pytest.mark.usefixtures("mounts")
+def test_filesystem_type_is_the_longest_mount_holding_the_path(path: str, fstype: str) -> None:
+    assert filesystem_type(Path(path)) == fstype
+
+
+def test_filesystem_type_is_unknown_without_a_mount_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(self: Path, *args: Any, **kwargs: Any) -> str:
+        raise PermissionError(str(self))
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    assert filesystem_type(Path("/")) is None
+
+
+@pytest.mark.usefixtures("mounts")
+def test_journal_mode_is_wal_locally_and_delete_on_a_network_filesystem(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert journal_mode_for(Path("/home/x")) == "WAL"
+    assert journal_mode_for(Path("/nonexistent-bg/nfs/x")) == "DELETE"
+    assert journal_mode_for(Path("/nonexistent-bg/nfs/with space")) == "DELETE"  # cifs
+    assert journal_mode_for(Path("/nonexistent-bg/nf")) == "WAL"  # tmpfs is local
+    assert "nfs4" in NETWORK_FILESYSTEMS and "ext4" not in NETWORK_FILESYSTEMS
+    monkeypatch.setenv("BULKGETTY_JOURNAL_MODE", " delete ")
+    assert journal_mode_for(Path("/home/x")) == "DELETE"
+    monkeypatch.setenv("BULKGETTY_JOURNAL_MODE", "wal")
+    assert journal_mode_for(Path("/nonexistent-bg/nfs/x")) == "WAL"
+    for forced in ("TRUNCATE", "PERSIST"):
+        monkeypatch.setenv("BULKGETTY_JOURNAL_MODE", forced)
+        assert journal_mode_for(Path("/home/x")) == forced
+    monkeypatch.setenv("BULKGETTY_JOURNAL_MODE", "MEMORY")  # not durable: ignored
+    assert journal_mode_for(Path("/nonexistent-bg/nfs/x")) == "DELETE"
+
+
+def test_journal_uses_the_rollback_journal_when_told_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BULKGETTY_JOURNAL_MODE", "DELETE")
+    j = Journal(tmp_path)
+    try:
+        assert j.journal_mode == "DELETE"
+        assert j._db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "delete"
+    finally:
+        j.close()
+
+
+# ------------------------------------------------------------------ AsyncJournal failures
+
+
+def _sqlite_error(code: int, message: str = "database or disk is full") -> sqlite3.OperationalError:
+    """An OperationalError as sqlite3 raises it, with its extended error code."""
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code  # type: ignore[misc]
+    return error
+
+
+async def test_async_journal_reports_a_full_disk_as_disk_full(tmp_path: Path) -> None:
+    """SQLITE_FULL becomes DiskFullError (the run stops); another sqlite error stays itself."""
+    aj = await AsyncJournal.open(tmp_path)
+
+    def fail(code: int) -> None:
+        raise _sqlite_error(code)
+
+    try:
+        with pytest.raises(DiskFullError) as info:
+            await aj.call(fail, sqlite3.SQLITE_FULL)
+        assert str(info.value) == f"cannot write the journal in {aj.journal.state_dir}: disk full"
+        with pytest.raises(sqlite3.OperationalError) as other:
+            await aj.call(fail, sqlite3.SQLITE_IOERR)
+        assert not isinstance(other.value, DiskFullError)
+        assert await aj.call(aj.journal.begin_run, "m") == 1  # still usable
+    finally:
+        await aj.close()
+
+
+async def test_async_journal_fails_every_call_of_a_group_whose_commit_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls that shared one commit share its failure: none of them is reported durable.
+    A full disk says so; any other commit failure is a JournalError."""
+    aj = await AsyncJournal.open(tmp_path)
+    run = await aj.call(aj.journal.begin_run, "m")
+    batch = assets(3)
+    await aj.call(aj.journal.upsert, batch, run)
+    real_group = aj.journal.group
+    failure: list[BaseException] = []
+
+    @contextlib.contextmanager
+    def failing_group() -> Iterator[None]:
+        with real_group():
+            yield
+            raise failure[0]
+
+    monkeypatch.setattr(aj.journal, "group", failing_group)
+    try:
+        for error, expected in (
+            (_sqlite_error(sqlite3.SQLITE_FULL), DiskFullError),
+            (_sqlite_error(sqlite3.SQLITE_IOERR, "disk I/O error"), JournalError),
+        ):
+            failure[:] = [error]
+            intents = [(aj.journal.record_intent, a.key) for a in batch[:2]]
+            results = await _grouped(aj, intents)
+            assert [type(r) for r in results] == [expected, expected]
+            if expected is JournalError:
+                assert str(results[0]) == "journal commit failed: disk I/O error"
+        rec = await aj.call(aj.journal.get, batch[0].key)
+        assert rec is not None and rec.state is AssetState.PENDING  # nothing was committed
+    finally:
+        monkeypatch.setattr(aj.journal, "group", real_group)
+        await aj.close()
+
+
+async def _grouped(
+    aj: AsyncJournal, calls: list[tuple[Callable[[str], None], str]]
+) -> list[BaseException]:
+    """Run `calls` in one group (one commit): the journal thread is held busy until they are
+    all queued. Returns the error each one raised."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(10)
+
+    blocker = asyncio.ensure_future(aj.call(hold))
+    assert await asyncio.to_thread(started.wait, 10)
+    pending = [asyncio.ensure_future(aj.call(fn, key)) for fn, key in calls]
+    gate.set()
+    await blocker
+    out: list[BaseException] = []
+    for task in pending:
+        with pytest.raises(BulkGettyError) as info:
+            await task
+        out.append(info.value)
+    return out
