@@ -20,11 +20,15 @@ from bulkgetty.acquire import Acquirer, Budget
 from bulkgetty.api import DownloadGrant, HistoryItem
 from bulkgetty.assets import Asset
 from bulkgetty.errors import (
+    ApiUnreachableError,
     AuthenticationError,
     BulkGettyError,
+    CertificateError,
     ConnectError,
+    JournalError,
     NotFoundError,
     QuotaExceededError,
+    RateLimitedError,
     ReadError,
     ServerError,
 )
@@ -555,3 +559,246 @@ async def test_the_settle_wait_is_exactly_what_is_left_of_it(
         assert clock.slept == waits
     finally:
         await journal.close()
+
+
+# --- Purchases that must not be lost: stops, fatal errors, journal hiccups --------------------
+
+
+@pytest.mark.parametrize(
+    "fatal",
+    [
+        AuthenticationError("bad token", status=401),
+        CertificateError("certificate refused"),
+        ApiUnreachableError("no API"),
+    ],
+    ids=["token", "certificate", "unreachable"],
+)
+async def test_a_fatal_error_before_sending_stops_with_the_intent_withdrawn(
+    rig: Rig, fatal: BulkGettyError
+) -> None:
+    r = await rig(_Client([fatal]), limit=1)
+    [record] = r.records
+    with pytest.raises(type(fatal)):
+        await r.acquirer.acquire(record)
+    saved = await r.state(record)
+    assert (saved.state, saved.spends, saved.error) == (AssetState.PENDING, 0, None)
+    assert r.acquirer.budget.used == 0
+
+
+async def test_a_stopping_run_sends_no_new_purchase(rig: Rig) -> None:
+    """After stop() no request leaves: the asset stays pending, nothing is counted."""
+    r = await rig(_Client([_grant()]), limit=1)
+    [record] = r.records
+    r.acquirer.purchases.stop()
+    outcome = await r.acquirer.acquire(record)
+    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
+    assert outcome.error == "the run is stopping: the download request was not sent"
+    assert r.client.posts == []
+    assert (await r.state(record)).state is AssetState.PENDING
+    assert r.acquirer.budget.used == 0
+
+
+async def test_a_stop_while_the_intent_commits_withdraws_the_intent(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run stops while the intent is being committed: the request is not sent and the
+    intent is taken back (pending, not "maybe spent" for the next run to resolve)."""
+    r = await rig(_Client([_grant()]), limit=1)
+    [record] = r.records
+    real = r.journal.journal.record_intent
+
+    def intent_then_stop(key: str) -> None:
+        real(key)
+        r.acquirer.purchases.stopping = True
+
+    monkeypatch.setattr(r.journal.journal, "record_intent", intent_then_stop)
+    outcome = await r.acquirer.acquire(record)
+    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
+    assert r.client.posts == []
+    saved = await r.state(record)
+    assert (saved.state, saved.spends, saved.attempts) == (AssetState.PENDING, 0, 1)
+    assert r.acquirer.budget.used == 0
+
+
+async def test_a_journal_that_cannot_record_the_intent_stops_the_run(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = await rig(_Client([_grant()]), limit=1)
+
+    def refuse(key: str) -> None:
+        raise JournalError("the claim is gone")
+
+    monkeypatch.setattr(r.journal.journal, "record_intent", refuse)
+    with pytest.raises(JournalError, match="the claim is gone"):
+        await r.acquirer.acquire(r.records[0])
+    assert r.client.posts == []
+
+
+async def test_a_uri_is_committed_through_journal_hiccups(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """record_acquired fails twice, then commits: the paid URI is kept, counted once."""
+    r = await rig(_Client([_grant()]))
+    [record] = r.records
+    real = r.journal.journal.record_acquired
+    failures = [JournalError("busy"), JournalError("busy")]
+
+    def flaky(key: str, uri: str, expires: float) -> None:
+        if failures:
+            raise failures.pop()
+        real(key, uri, expires)
+
+    monkeypatch.setattr(r.journal.journal, "record_acquired", flaky)
+    assert await r.acquirer.acquire(record) == _grant()
+    assert r.clock.slept == [0.5, 1.0]
+    saved = await r.state(record)
+    assert (saved.state, saved.uri, saved.spends) == (AssetState.ACQUIRED, _grant().uri, 1)
+    assert r.acquirer.spends == 1
+    assert len(r.events) == 1
+
+
+async def test_a_uri_the_journal_never_takes_is_still_counted_as_spent(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = await rig(_Client([_grant()]))
+
+    def broken(key: str, uri: str, expires: float) -> None:
+        raise JournalError("gone")
+
+    monkeypatch.setattr(r.journal.journal, "record_acquired", broken)
+    with pytest.raises(JournalError):
+        await r.acquirer.acquire(r.records[0])
+    assert r.clock.slept == [0.5, 1.0, 1.5, 2.0]  # COMMIT_TRIES = 5
+    assert r.acquirer.spends == 1
+    assert r.events == []
+
+
+async def test_a_throttled_post_waits_what_the_server_asked(rig: Rig) -> None:
+    slow_down = RateLimitedError("429", status=429, retry_after=7.0)
+    r = await rig(_Client([slow_down, _grant()]), limit=1)
+    assert await r.acquirer.acquire(r.records[0]) == _grant()
+    assert r.clock.slept == [7.0]
+    assert r.client.posts == ["1", "1"]
+
+
+async def test_maybe_spent_counts_the_doubts_not_yet_resolved(rig: Rig) -> None:
+    """A doubt counts until the history settles it either way; a failed check keeps it."""
+    r = await rig(_Client([LOST, _grant()], history=[]), attempts=2)
+    assert await r.acquirer.acquire(r.records[0]) == _grant()
+    assert r.acquirer.maybe_spent == 0
+    r2 = await rig(_Client([LOST], history=ServerError("down", status=503)), attempts=2)
+    await r2.acquirer.acquire(r2.records[0])
+    assert r2.acquirer.maybe_spent == 1
+
+
+async def test_the_settle_counts_from_the_answer_and_the_window_from_the_sending(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A POST sent at t=1000 whose answer was lost at t=1010: the history is read 30 s after
+    the answer (not the intent), and a spend dated down to 1000 - HISTORY_SKEW counts."""
+    now = [1_000.0]
+    monkeypatch.setattr(acquire, "time", SimpleNamespace(time=lambda: now[0]))
+    bound = datetime.fromtimestamp(1_000.0 - acquire.HISTORY_SKEW, UTC).isoformat()
+
+    class _Slow(_Client):
+        async def download(
+            self, asset: Asset, *, before_send: Callable[[], Awaitable[None]] | None = None
+        ) -> DownloadGrant:
+            assert before_send is not None
+            await before_send()
+            now[0] += 10.0  # the answer is lost ten seconds later
+            raise LOST
+
+    r = await rig(_Slow([], history=[_spend(date=bound)]), limit=1)
+    r.acquirer.history_settle = 30.0
+    outcome = await r.acquirer.acquire(r.records[0])
+    assert isinstance(outcome, Outcome) and outcome.status is Status.FAILED
+    assert r.clock.slept == [30.0]
+    assert r.acquirer.spends == 1
+
+
+# --- resolve_doubt: an intent left by a crash -------------------------------------------------
+
+
+async def _left_at(r: _Rig, intent_at: float) -> Record:
+    """The asset as a crashed run left it, its intent dated `intent_at`."""
+    return dataclasses.replace(await _crashed_intent(r), intent_at=intent_at)
+
+
+@pytest.mark.parametrize(
+    ("started_at", "wait"),
+    [(1_000.0, 60.0), (950.0, 50.0)],
+    ids=["send-bound-before-the-run", "run-started-sooner"],
+)
+async def test_resolve_doubt_waits_from_the_latest_moment_the_crashed_post_could_answer(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, started_at: float, wait: float
+) -> None:
+    """Intent at 900, a POST answers within 60 s (send_bound): its spend may show from 960,
+    but never later than the start of this run (the sender was dead by then)."""
+    monkeypatch.setattr(acquire, "time", SimpleNamespace(time=lambda: 1_000.0))
+    r = await rig(_Client([], history=[]))
+    r.acquirer.history_settle = 100.0
+    r.acquirer.send_bound = 60.0
+    r.acquirer.started_at = started_at
+    assert await r.acquirer.resolve_doubt(await _left_at(r, 900.0)) is False
+    assert r.clock.slept == [wait]
+
+
+@pytest.mark.parametrize(
+    ("dated", "spent"),
+    [(900.0 - acquire.HISTORY_SKEW, True), (900.0 - acquire.HISTORY_SKEW - 0.5, False)],
+    ids=["at-the-skew-bound", "just-before-it"],
+)
+async def test_resolve_doubt_dates_the_window_from_the_intent(
+    rig: Rig, dated: float, spent: bool
+) -> None:
+    when = datetime.fromtimestamp(dated, UTC).isoformat()
+    r = await rig(_Client([], history=[_spend(date=when)]))
+    r.acquirer.send_bound = 60.0
+    assert await r.acquirer.resolve_doubt(await _left_at(r, 900.0)) is spent
+
+
+@pytest.mark.parametrize(("reserved", "limit"), [(True, 3), (False, 2)])
+async def test_a_crashed_intent_proven_unspent_gives_a_reserved_download_back(
+    rig: Rig, reserved: bool, limit: int
+) -> None:
+    """With a cap over all runs, an earlier run's intent was counted out of the limit up
+    front: once the history clears it, that download is available again."""
+    r = await rig(_Client([], history=[]), limit=2)
+    r.acquirer.doubts_reserved = reserved
+    assert await r.acquirer.resolve_doubt(await _crashed_intent(r)) is False
+    assert r.acquirer.budget.limit == limit
+
+
+async def test_a_crashed_intent_found_spent_keeps_the_reserved_download(rig: Rig) -> None:
+    r = await rig(_Client([], history=[_spend()]), limit=2)
+    r.acquirer.doubts_reserved = True
+    assert await r.acquirer.resolve_doubt(await _crashed_intent(r)) is True
+    assert r.acquirer.budget.limit == 2
+
+
+def test_release_reserved_leaves_no_cap_uncapped() -> None:
+    budget = Budget(None)
+    budget.release_reserved()
+    assert budget.limit is None
+
+
+@pytest.mark.parametrize(
+    ("date", "spent"),
+    [("1970-01-01T00:10:00", True), ("1970-01-01T00:04:00", False)],
+    ids=["inside", "outside"],
+)
+async def test_a_history_date_without_a_zone_is_utc_on_any_machine(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, date: str, spent: bool
+) -> None:
+    """Intent at epoch 600 (00:10 UTC): a naive 00:10 is that moment in UTC, not in Tokyo
+    (nine hours earlier, which would read as "not spent"); a naive 00:04 is outside."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        r = await rig(_Client([], history=[_spend(date=date)]))
+        r.acquirer.send_bound = 0.0
+        assert await r.acquirer.resolve_doubt(await _left_at(r, 600.0)) is spent
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
