@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from bulkgetty.assets import Asset
 from bulkgetty.errors import BulkGettyError, DiskFullError, JournalError
 from bulkgetty.journal import (
     NETWORK_FILESYSTEMS,
+    RESERVE_BYTES,
     STATE_DIR,
     AssetState,
     AsyncJournal,
@@ -30,6 +32,8 @@ from bulkgetty.journal import (
     filesystem_type,
     iter_done,
     journal_mode_for,
+    private_file,
+    private_state_dir,
     runs,
     waiting_reasons,
 )
@@ -879,3 +883,106 @@ async def _grouped(
             await task
         out.append(info.value)
     return out
+
+
+# ------------------------------------------------------------------ private state, reserve
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_state_folder_and_files_are_the_owners_alone_whatever_the_umask(tmp_path: Path) -> None:
+    """Delivery URIs are bearer credentials: 0700 folder, 0600 files, even under umask 000,
+    and a folder or database an older version left readable is tightened."""
+    old = os.umask(0)
+    try:
+        (tmp_path / STATE_DIR).mkdir(mode=0o755)
+        (tmp_path / STATE_DIR / "journal.sqlite").touch(mode=0o644)
+        j = Journal(tmp_path)
+        j.close()
+        fresh = Journal(tmp_path / "fresh")
+        fresh.close()
+    finally:
+        os.umask(old)
+    for out in (tmp_path, tmp_path / "fresh"):
+        state = out / STATE_DIR
+        assert _mode(state) == 0o700
+        for name in ("journal.sqlite", "lock", "reserve"):
+            assert _mode(state / name) == 0o600, name
+
+
+def test_private_file_keeps_its_content_and_only_tightens(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"kept")
+    path.chmod(0o640)
+    private_file(path)
+    assert (_mode(path), path.read_bytes()) == (0o600, b"kept")
+    path.chmod(0o400)  # already private: left as it is
+    private_file(path)
+    assert _mode(path) == 0o400
+    private_state_dir(tmp_path / "a" / "b")
+    assert _mode(tmp_path / "a" / "b") == 0o700
+
+
+def test_the_journal_keeps_a_reserve_and_gives_it_back_once(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    reserve = tmp_path / STATE_DIR / "reserve"
+    try:
+        assert reserve.stat().st_size == RESERVE_BYTES
+        assert j.release_reserve() is True
+        assert not reserve.exists()
+        assert j.release_reserve() is False  # nothing left to give
+    finally:
+        j.close()
+    reserve.write_bytes(b"")  # an empty reserve (a disk that was full) is refilled
+    j = Journal(tmp_path)
+    try:
+        assert reserve.stat().st_size == RESERVE_BYTES
+        reserve.write_bytes(b"")
+        assert j.release_reserve() is False  # an empty reserve frees nothing
+    finally:
+        j.close()
+
+
+def test_no_room_for_the_reserve_leaves_none_and_the_journal_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        os.write(fd, b"x" * 10)  # a half reserve...
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    j = Journal(tmp_path)
+    try:
+        assert (tmp_path / STATE_DIR / "reserve").stat().st_size == 0  # ...is not kept
+        assert j.begin_run("m") == 1
+    finally:
+        j.close()
+
+
+async def test_a_full_disk_commit_is_retried_once_the_reserve_is_given_back(
+    tmp_path: Path,
+) -> None:
+    """The commit of a paid URI fails on a full disk: the reserve is released and the same
+    call commits; a second full disk has no reserve left and reports disk full."""
+    aj = await AsyncJournal.open(tmp_path)
+    full = [_sqlite_error(sqlite3.SQLITE_FULL)]
+    run = await aj.call(aj.journal.begin_run, "m")
+    [a] = await aj.call(aj.journal.upsert, [Asset("1")], run)
+
+    def acquire_on_a_full_disk() -> None:
+        if full:
+            raise full.pop()
+        aj.journal.record_acquired(a.key, "http://d/1", 1.0)
+
+    try:
+        await aj.call(acquire_on_a_full_disk)
+        rec = await aj.call(aj.journal.get, a.key)
+        assert rec is not None and rec.state is AssetState.ACQUIRED
+        assert not (tmp_path / STATE_DIR / "reserve").exists()
+        full.append(_sqlite_error(sqlite3.SQLITE_FULL))
+        with pytest.raises(DiskFullError):
+            await aj.call(acquire_on_a_full_disk)
+    finally:
+        await aj.close()
