@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .assets import Asset
 from .config import HISTORY_SETTLE
 from .errors import JournalError, QuotaExceededError
-from .journal import STATE_DIR, AssetState, Record, RunTotals, StagedWrites
+from .journal import STATE_DIR, AssetState, Record, RunTotals, StagedWrites, private_state_dir
 from .ledger_init import LEASE_META, SCHEMA, asset_json, init_ledger
 from .ledger_lease import (
     LEASE,
@@ -111,8 +111,8 @@ def _lock_folder(out_dir: Path) -> int:
     """The same folder lock as the SQLite journal's (`DIR/.bulkgetty/lock`): two workers must
     never share a folder, whose file names and `.part` files each believes its own."""
     state = out_dir / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    private_state_dir(state)  # the worker's report and .part states are its owner's alone
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ if WHY_NOT is None:
     import psycopg
 
     from bulkgetty.ledger import AsyncLedger, Ledger, SharedRateLimiter, claimed_rows, init_ledger
-    from bulkgetty.ledger_lease import Backoff
+    from bulkgetty.ledger_lease import LEASE, Backoff, Link
 
 
 @pytest.fixture(scope="module")
@@ -296,13 +297,28 @@ def test_a_ledger_made_by_an_older_version_is_refused_until_init_upgrades_it(
     led.close()
 
 
-def test_reconnecting_gives_up_with_a_clear_error_once_its_patience_is_spent() -> None:
-    backoff = Backoff(patience=0.5)
-    first = backoff.pause(OSError("gone"))
-    assert 0 < first <= 0.1 and backoff.pause(OSError("gone")) <= 0.2
-    backoff.deadline = time.monotonic()
-    with pytest.raises(JournalError, match=r"could not open a new one within 0\.5 s: gone"):
-        backoff.pause(OSError("gone"))
+def test_reconnecting_backs_off_and_gives_up_with_a_clear_error_once_out_of_patience(
+    dsn: str,
+) -> None:
+    gone = OSError("gone")
+    backoff = Backoff(patience=3600)
+    assert [backoff.pause(gone) for _ in range(7)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+    assert Backoff(patience=0.05).pause(gone) < 0.1  # never past the deadline
+    with pytest.raises(JournalError, match=r"could not open a new one within 0 s: gone"):
+        Backoff(patience=0).pause(gone)
+    link = Link(dsn)
+    assert link.patience == LEASE
+    link._dsn = f"postgresql://nobody@127.0.0.1:{free_port()}/none"  # nothing listens there
+    with pytest.raises(JournalError, match=r"within 0\.3 s: cannot connect to the ledger"):
+        link.reopen(Backoff(patience=0.3), gone)
+    link.close()
+    assert link.broken()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_racing_claims_are_disjoint_and_cover_every_asset(dsn: str, tmp_path: Path) -> None:
@@ -329,12 +345,51 @@ def test_racing_claims_are_disjoint_and_cover_every_asset(dsn: str, tmp_path: Pa
 
 
 def test_two_workers_on_one_folder_are_refused(dsn: str, tmp_path: Path) -> None:
+    """The second names the first's pid; status and report (no lock, no claims) still open;
+    the lock file and its folder are the owner's alone."""
     init_ledger(dsn, assets(1), downloads_remaining=1, api_rate=None)
     first = Ledger(dsn, tmp_path)
-    with pytest.raises(JournalError, match="give each ledger worker its own --out folder"):
+    with pytest.raises(
+        JournalError, match=rf"\(pid {os.getpid()}\) is using .*its own --out folder"
+    ):
         Ledger(dsn, tmp_path)
+    reader = Ledger(dsn, tmp_path, lock=False, worker=False)
+    reader.close()
+    assert (tmp_path / ".bulkgetty").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / ".bulkgetty" / "lock").stat().st_mode & 0o777 == 0o600
     first.close()
+    first.close()  # closing twice is harmless
     Ledger(dsn, tmp_path).close()  # free again once the first has gone
+
+
+def test_records_come_back_with_every_field_the_worker_committed(dsn: str, tmp_path: Path) -> None:
+    init_ledger(dsn, [Asset("8000000", "video", product_type="premiumaccess", size="hd1")],
+                downloads_remaining=1, api_rate=None)  # fmt: skip
+    led = Ledger(dsn, tmp_path)
+    (record,) = led.claim(1)
+    assert record.asset == Asset("8000000", "video", product_type="premiumaccess", size="hd1")
+    key = record.key
+    led.record_intent(key)
+    led.record_acquired(key, "http://x/1", 1234.5)
+    led.save_progress({key: b'{"name": "a.mp4"}'})
+    (r,) = led.upsert([record.asset], run_id=1)
+    assert (r.key, r.state, r.uri, r.uri_expires, r.transfer) == (
+        key, AssetState.ACQUIRED, "http://x/1", 1234.5, b'{"name": "a.mp4"}',
+    )  # fmt: skip
+    assert (r.spends, r.attempts, r.error) == (1, 1, None)
+    assert r.intent_at is not None and r.acquired_at is not None and r.intent_at <= r.acquired_at
+    led.record_done(key, path="a.mp4", size=10, sha256="ab" * 32)
+    (r,) = led.upsert([record.asset], run_id=1)
+    assert (r.state, r.path, r.bytes, r.sha256) == (AssetState.DONE, "a.mp4", 10, "ab" * 32)
+    led.record_failed(key, "boom")
+    assert led.upsert([record.asset], run_id=1)[0].error == "boom"
+    for record_on_nothing in (
+        lambda: led.record_failed("image/1", "x"),
+        lambda: led.record_cleared_doubt("image/1"),
+    ):
+        with pytest.raises(JournalError, match="no asset 'image/1'"):
+            record_on_nothing()
+    led.close()
 
 
 def test_budget_is_reserved_with_the_intent_and_given_back_only_when_nothing_was_spent(
@@ -346,8 +401,9 @@ def test_budget_is_reserved_with_the_intent_and_given_back_only_when_nothing_was
     led.record_intent(k1)
     led.record_intent(k2)
     assert budget_row(dsn) == (0, 0)
-    with pytest.raises(QuotaExceededError):
+    with pytest.raises(QuotaExceededError, match="ledger's download budget is spent") as spent:
         led.record_intent(k3)
+    assert (spent.value.status, spent.value.code) == (0, "LedgerBudgetSpent")
     assert led.totals().by_state == {"intent": 2, "pending": 1}
     led.record_acquired(k1, "http://x/1", time.time() + 60)
     led.record_not_spent(k2, AssetState.FAILED, "refused")
