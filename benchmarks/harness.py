@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -28,8 +29,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ class Scenario:
     rows: int = 0
     #: Seconds from start to the first finished file that the scenario must beat.
     first_file_within: float | None = None
+    #: HTTPS for the API and delivery (nginx or the sandbox), one private CA every tool trusts.
+    tls: bool = False
 
     def scaled(self, scale: float) -> tuple[int, int]:
         if self.scale_by == "files":
@@ -228,8 +231,20 @@ SCENARIOS: dict[str, Scenario] = {
         ),
     )
 }
-ALIASES = {"latency": ["latency-c16", "latency-c64"], "all": list(SCENARIOS)}
-DEFAULT = [n for n in SCENARIOS if n != "large"]
+#: The HTTPS rows: `small` and `large` as they are, over TLS (nginx and the sandbox present
+#: certificates of one private CA; bulkgetty, curl, aria2c, parfive and aiohttp-min are told
+#: to trust it), so a run prints them beside the plain rows. Their targets are the plain ones'.
+for _plain in ("small", "large"):
+    _s = SCENARIOS[_plain]
+    SCENARIOS[f"{_plain}-tls"] = replace(
+        _s, name=f"{_plain}-tls", what=f"{_s.what}; over HTTPS", tls=True, targets=()
+    )
+ALIASES = {
+    "latency": ["latency-c16", "latency-c64"],
+    "tls": ["small-tls", "large-tls"],
+    "all": list(SCENARIOS),
+}
+DEFAULT = [n for n in SCENARIOS if n not in ("large", "large-tls")]
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -248,6 +263,8 @@ class Ctx:
     manifest: Path
     api_url: str
     env: dict[str, str]
+    #: The private CA of an HTTPS scenario (tools that ignore SSL_CERT_FILE are given it).
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -328,6 +345,8 @@ def _aria2(segments: int) -> Callable[[Ctx, Path], list[str]]:
         ]
         if segments > 1:
             cmd += ["-s", str(segments)]
+        if ctx.ca_file:
+            cmd.append(f"--ca-certificate={ctx.ca_file}")
         return cmd
 
     return build
@@ -501,8 +520,10 @@ def timed_sync() -> float:
     return time.monotonic() - t0
 
 
-def sandbox_state(api_url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(api_url + "/__sandbox__/state", timeout=10) as resp:
+def sandbox_state(api_url: str, ca_file: str | None = None) -> dict[str, Any]:
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    url = api_url + "/__sandbox__/state"
+    with urllib.request.urlopen(url, timeout=10, context=context) as resp:
         data: dict[str, Any] = json.loads(resp.read())
         return data
 
@@ -576,6 +597,24 @@ async def acquire_urls(
 # --- one scenario --------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def trusting(ca_file: str | None) -> Iterator[None]:
+    """SSL_CERT_FILE for this process while the block runs: bulkgetty's own client (used to
+    buy the peers' URLs) reads it when it opens its session."""
+    if ca_file is None:
+        yield
+        return
+    old = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = ca_file
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = old
+
+
 @dataclass
 class ScenarioResult:
     scenario: str
@@ -608,6 +647,7 @@ def run_scenario(
     only: set[str] | None,
 ) -> ScenarioResult:
     from bulkgetty.sandbox import Sandbox, write_corpus
+    from bulkgetty.sandbox.tls import make_tls
 
     from .sandbox_server import sandbox_config
 
@@ -638,6 +678,8 @@ def run_scenario(
     work = Path(tempfile.mkdtemp(prefix=f"{s.name}-", dir=shm_root))
     servers = ServerSet()
     result_runs: list[Run] = []
+    tls = make_tls() if s.tls else None
+    ca_file = str(tls.ca_file) if tls is not None else None
     try:
         corpus = work / "corpus"
         write_corpus(corpus, assets, config)
@@ -650,7 +692,7 @@ def run_scenario(
             delivery_base = servers.start_latency(corpus, s.delay)
             delivery = f"aiohttp latency server ({s.delay * 1000:.0f} ms)"
         elif find_nginx() is not None:
-            delivery_base = servers.start_nginx(corpus, limit_rate=s.limit_rate)
+            delivery_base = servers.start_nginx(corpus, limit_rate=s.limit_rate, tls=tls)
             if s.limit_rate:
                 delivery = f"nginx, limit_rate {s.limit_rate} per connection"
         else:
@@ -662,19 +704,24 @@ def run_scenario(
             delivery_base=delivery_base,
             qps=s.qps,
             api_latency=s.api_latency,
+            tls_dir=tls.folder if tls is not None else None,
         )
         api_url: str = info["api_url"]
-        env = {**os.environ, **info["env"]}
+        env = {**os.environ, **info["env"]}  # with TLS, the sandbox's env has SSL_CERT_FILE
+        if ca_file is not None:
+            env["CURL_CA_BUNDLE"] = ca_file
+            delivery += ", HTTPS (one private CA, trusted by every tool)"
         urls: list[str] = []
         if any(t.kind != "bulkgetty" for t in tools):
-            urls = asyncio.run(acquire_urls(api_url, info["env"], assets))
+            with trusting(ca_file):
+                urls = asyncio.run(acquire_urls(api_url, info["env"], assets))
         (work / "urls.txt").write_text("".join(u + "\n" for u in urls))
         manifest = work / "manifest.txt"
         with manifest.open("w", encoding="utf-8") as fh:
             fh.writelines(i + "\n" for i in ids)
             extra = s.scaled_rows(scale) - len(ids)  # ids no corpus has: never bought (cap)
             fh.writelines(f"{5_000_000 + j}\n" for j in range(max(0, extra)))
-        ctx = Ctx(s, files, file_bytes, work, urls, names, manifest, api_url, env)
+        ctx = Ctx(s, files, file_bytes, work, urls, names, manifest, api_url, env, ca_file)
         dest_root = disk_root if s.dest == "disk" else shm_root
         say(f"   delivery: {delivery}; destination: {s.dest} ({dest_root})")
 
@@ -690,6 +737,8 @@ def run_scenario(
     finally:
         servers.close()
         shutil.rmtree(work, ignore_errors=True)
+        if tls is not None:
+            tls.remove()
 
     res = ScenarioResult(
         s.name,
@@ -719,7 +768,7 @@ def one_run(
     cmd = tool.build(ctx, dest)
     if s.dest == "disk":
         os.sync()  # start every run with no writeback left by the one before
-    state0 = sandbox_state(ctx.api_url) if tool.kind == "bulkgetty" else None
+    state0 = sandbox_state(ctx.api_url, ctx.ca_file) if tool.kind == "bulkgetty" else None
     cpu0 = servers.cpu_seconds()
     log = ctx.work / f"{safe}-{rep}.log"
     watch = dest if s.first_file_within is not None else None
@@ -730,7 +779,7 @@ def one_run(
     run.first_file_s = first
     run.server_cpu = {k: round(cpu1.get(k, 0.0) - v, 3) for k, v in cpu0.items()}
     if state0 is not None:
-        state1 = sandbox_state(ctx.api_url)
+        state1 = sandbox_state(ctx.api_url, ctx.ca_file)
         run.api_requests = int(state1["api_requests"]) - int(state0["api_requests"])
         run.rejected_429 = int(state1["rejected_429"]) - int(state0["rejected_429"])
     run.files, run.bytes, problem = verify(dest, ctx.files, ctx.file_bytes, expected)

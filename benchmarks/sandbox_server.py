@@ -12,8 +12,10 @@ import asyncio
 import json
 import signal
 import sys
+from pathlib import Path
 
 from bulkgetty.sandbox import Product, Sandbox, SandboxConfig
+from bulkgetty.sandbox.tls import TlsMaterial, load_tls
 
 UNLIMITED = 10**9
 
@@ -46,12 +48,12 @@ def sandbox_config(
     )
 
 
-async def serve(config: SandboxConfig) -> None:
+async def serve(config: SandboxConfig, tls: TlsMaterial | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Sandbox(config, host="127.0.0.1") as sandbox:
+    async with Sandbox(config, host="127.0.0.1", tls=tls or False) as sandbox:
         info = {
             "api_url": sandbox.api_url,
             "delivery": list(sandbox.delivery_urls),
@@ -70,6 +72,9 @@ def main() -> int:
     p.add_argument("--delivery-latency", type=float, default=0.0)
     p.add_argument("--api-latency", type=float, default=0.0)
     p.add_argument("--qps", type=float, default=None)
+    p.add_argument(
+        "--tls-dir", type=Path, help="serve HTTPS with the CA and certificate `make_tls` wrote"
+    )
     a = p.parse_args()
     config = sandbox_config(
         seed=a.seed,
@@ -79,7 +84,7 @@ def main() -> int:
         api_latency=a.api_latency,
         qps=a.qps,
     )
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, load_tls(a.tls_dir) if a.tls_dir else None))
     return 0
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,8 @@ http {{
     uwsgi_temp_path {prefix}/tmp;
     scgi_temp_path {prefix}/tmp;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
+        {certificates}
         root {root};
         location / {{ {location} }}
     }}
@@ -67,11 +69,12 @@ def find_nginx() -> str | None:
     )
 
 
-def wait_http(url: str, timeout: float = 10.0) -> None:
+def wait_http(url: str, timeout: float = 10.0, ca_file: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=1.0):
+            with urllib.request.urlopen(url, timeout=1.0, context=context):
                 return
         except urllib.error.HTTPError:
             return  # it answered
@@ -115,8 +118,11 @@ class ServerSet:
         self.procs.append((name, proc))
         return proc
 
-    def start_nginx(self, root: Path, *, limit_rate: str | None = None) -> str:
-        """nginx serving `root`; `limit_rate` caps every connection (nginx syntax, e.g. 50m)."""
+    def start_nginx(
+        self, root: Path, *, limit_rate: str | None = None, tls: Any | None = None
+    ) -> str:
+        """nginx serving `root`; `limit_rate` caps every connection (nginx syntax, e.g. 50m);
+        `tls` (a `bulkgetty.sandbox.tls.TlsMaterial`): HTTPS with its certificate."""
         nginx = find_nginx()
         if nginx is None:
             raise FileNotFoundError("nginx")
@@ -126,12 +132,21 @@ class ServerSet:
         port = free_port()
         conf = prefix / "nginx.conf"
         location = f"limit_rate {limit_rate};" if limit_rate else ""
+        pem = tls.server_pem if tls is not None else None
+        certificates = f"ssl_certificate {pem}; ssl_certificate_key {pem};" if pem else ""
         conf.write_text(
-            NGINX_CONF.format(prefix=prefix, port=port, root=root.resolve(), location=location)
+            NGINX_CONF.format(
+                prefix=prefix,
+                port=port,
+                root=root.resolve(),
+                location=location,
+                ssl=" ssl" if pem else "",
+                certificates=certificates,
+            )
         )
         self.spawn("nginx", [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "e")])
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/")
+        url = f"{'https' if pem else 'http'}://127.0.0.1:{port}"
+        wait_http(url + "/", ca_file=tls.ca_file if tls is not None else None)
         return url
 
     def start_latency(self, root: Path, delay: float) -> str:
@@ -146,8 +161,11 @@ class ServerSet:
         delivery_base: str | None,
         qps: float | None = None,
         api_latency: float = 0.0,
+        tls_dir: Path | None = None,
     ) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "benchmarks.sandbox_server", "--file-bytes", str(file_bytes)]
+        if tls_dir is not None:
+            cmd += ["--tls-dir", str(tls_dir)]
         if delivery_base:
             cmd += ["--delivery-base", delivery_base]
         if qps is not None:

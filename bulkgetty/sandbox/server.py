@@ -30,7 +30,9 @@ class Sandbox:
     """An emulated Getty account: API origin plus two delivery origins on 127.0.0.1.
 
     With `tls=True` all three speak HTTPS with a certificate of a private CA made at start;
-    `ca_file` is that CA's PEM, and `credentials_env()` carries it as `SSL_CERT_FILE`.
+    `ca_file` is that CA's PEM, and `credentials_env()` carries it as `SSL_CERT_FILE`. A
+    `TlsMaterial` instead of True is used as given (and left in place at close): the
+    benchmarks share one CA between the sandbox and nginx.
     """
 
     def __init__(
@@ -39,12 +41,13 @@ class Sandbox:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        tls: bool = False,
+        tls: bool | TlsMaterial = False,
     ) -> None:
         self._state = SandboxState(config or SandboxConfig())
         self._host = host
         self._port = port
-        self._tls_wanted = tls
+        self._tls_wanted = bool(tls)
+        self._tls_given = tls if isinstance(tls, TlsMaterial) else None
         self._tls: TlsMaterial | None = None
         self._runners: list[web.AppRunner] = []
         self._delivery: list[str] = []
@@ -54,7 +57,7 @@ class Sandbox:
 
     async def start(self) -> None:
         if self._tls_wanted and self._tls is None:
-            self._tls = make_tls()
+            self._tls = self._tls_given or make_tls()
         try:
             await self._start_servers()
         except BaseException:
@@ -87,9 +90,9 @@ class Sandbox:
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()
-        if self._tls is not None:
+        if self._tls is not None and self._tls_given is None:
             self._tls.remove()
-            self._tls = None
+        self._tls = None
 
     async def __aenter__(self) -> Sandbox:
         await self.start()

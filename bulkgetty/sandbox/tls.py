@@ -17,7 +17,11 @@ from pathlib import Path
 
 import trustme
 
-__all__ = ("SERVER_NAMES", "TlsMaterial", "make_tls")
+__all__ = ("SERVER_NAMES", "TlsMaterial", "load_tls", "make_tls")
+
+CA_FILE = "sandbox-ca.pem"
+#: The server's key and certificate chain in one PEM (nginx takes it for both directives).
+SERVER_FILE = "server.pem"
 
 #: Names the server certificate is valid for: every loopback spelling a client may use.
 SERVER_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -31,19 +35,27 @@ class TlsMaterial:
     #: PEM of the private CA (no key): what `SSL_CERT_FILE` points at.
     ca_file: Path
     folder: Path
+    #: The server key and certificate chain, for another server (nginx) to present.
+    server_pem: Path
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def make_tls(names: tuple[str, ...] = SERVER_NAMES) -> TlsMaterial:
-    """A fresh CA (ECDSA, so it takes milliseconds) and a server certificate for `names`."""
+    """A fresh CA (ECDSA, so it takes milliseconds) and a server certificate for `names`,
+    written to a new private folder (CA_FILE, SERVER_FILE)."""
     ca = trustme.CA(organization_name="bulkgetty sandbox")
     leaf = ca.issue_cert(*names)
+    folder = Path(tempfile.mkdtemp(prefix="bulkgetty-sandbox-ca-"))
+    ca.cert_pem.write_to_path(str(folder / CA_FILE))
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(folder / SERVER_FILE))
+    return load_tls(folder)
+
+
+def load_tls(folder: Path) -> TlsMaterial:
+    """The material `make_tls` wrote, e.g. shared by the benchmark's sandbox and nginx."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.set_alpn_protocols(["http/1.1"])
-    leaf.configure_cert(context)
-    folder = Path(tempfile.mkdtemp(prefix="bulkgetty-sandbox-ca-"))
-    ca_file = folder / "sandbox-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    return TlsMaterial(context, ca_file, folder)
+    context.load_cert_chain(folder / SERVER_FILE)
+    return TlsMaterial(context, folder / CA_FILE, folder, folder / SERVER_FILE)
