@@ -43,7 +43,12 @@ from .connect import ApiAccess, ConnectWatch
 from .engine import Downloader
 from .errors import BulkGettyError, ManifestError, UsageError
 from .events import AssetAcquired, Event
-from .history import HistoryFilter, history_to_manifest
+from .history import (
+    HistoryFilter,
+    account_licences,
+    history_to_manifest,
+    relicensing_note,
+)
 from .http import check_url_scheme
 from .journal import STATE_DIR, private_file, private_state_dir
 from .manifest import ManifestDefaults, read_manifest, validate_manifest
@@ -452,9 +457,40 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
                     display.quota.fetch_soon(downloader.client.products)
 
             downloader.add_listener(fetch_quota)
+
+        def again() -> Iterable[Asset]:  # the manifest once more, for the relicensing check
+            again = manifest_assets(manifest, defaults, summary.unique)
+            return spec.select(again) if args.shard else again
+
+        await warn_relicensing(downloader, again, emit)
         result = await downloader.run(rows, manifest=str(manifest), unique=True)
     emit.finished(result, args.out)
     return result.exit_code
+
+
+#: On a terminal, seconds to wait after saying that assets licensed before will be bought
+#: again: time for the person to press Ctrl-C before anything is spent.
+RELICENSING_PAUSE = 5.0
+
+
+async def warn_relicensing(
+    downloader: Downloader, rows: Callable[[], Iterable[Asset]], emit: Emitter
+) -> None:
+    """Before spending: say how many downloads go to assets this account licensed before."""
+    out = Path(downloader.out.path)
+    note = await relicensing_note(
+        downloader.client,
+        lambda: journal_records(out, rows()),
+        out_dir=out,
+        reacquire_expired=downloader.options.reacquire_expired,
+    )
+    if note is None:
+        return
+    emit.err.write(f"bulkgetty: {note}\n")
+    if emit.live:
+        emit.err.write(f"bulkgetty: starting in {RELICENSING_PAUSE:.0f} s; Ctrl-C to stop\n")
+        emit.err.flush()
+        await asyncio.sleep(RELICENSING_PAUSE)
 
 
 async def ledger_run_command(
@@ -504,8 +540,11 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
         api = await api_access(args, env, stack, emit)
         client = await stack.enter_async_context(api.client())
         remaining, why = await remaining_quota(client)
+        licensed, history_why = await account_licences(client)
     if why is not None:
         emit.err.write(f"bulkgetty: downloads remaining are unknown: {why}\n")
+    if history_why is not None:
+        emit.err.write(f"bulkgetty: earlier licences are unknown: {history_why}\n")
     rows = (row.asset for row in read_manifest(args.manifest, defaults, stdin=stdin()))
     estimate_ = await asyncio.to_thread(
         lambda: estimate(
@@ -515,8 +554,11 @@ async def plan_command(args: argparse.Namespace, env: Mapping[str, str], emit: E
             remaining=remaining,
             reacquire_expired=args.reacquire_expired,
             max_downloads=args.max_downloads,
+            licensed=licensed,
         )
     )
+    if licensed is not None and (note := estimate_.relicensing_note(licensed)):
+        emit.err.write(f"bulkgetty: {note}\n")
     if args.json:
         data = {"manifest": args.manifest, "unique_assets": summary.unique, **estimate_.to_dict()}
         emit.out.write(orjson.dumps(data).decode() + "\n")

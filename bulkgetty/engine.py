@@ -297,30 +297,51 @@ class Downloader:
         self._fatal: BulkGettyError | None = None
         self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
         try:
-            source = rows if unique else _unique(rows)
-            try:
-                await self._pipeline(source, run_id)
-            except BaseExceptionGroup as group:
-                error = _bulkgetty_error_in(group)
-                if error is None:
-                    raise
-                await self._stopped_by(error)
-            except BulkGettyError as error:
-                await self._stopped_by(error)
-            if self._fatal is not None and self._spent_or_maybe():
-                await self._report_unprocessed(source)
-            await j.flush()
-            if self._fatal is None:  # after a fatal stop, a `.part` may still be the journal's
-                await self._sweep_orphan_parts()
+            await self._stages(rows if unique else _unique(rows), run_id)
         finally:
             await self._drain_purchases()
             self.report.close()
-            with anyio.CancelScope(shield=True):
-                await j.flush()
+            await self._flush_journal()
+        return await self._finish_run(run_id)
+
+    async def _stages(self, source: Rows, run_id: int) -> None:
+        """The pipeline; an error of ours that stops it after a spend ends the run reported."""
+        try:
+            await self._pipeline(source, run_id)
+        except BaseExceptionGroup as group:
+            error = _bulkgetty_error_in(group)
+            if error is None:
+                raise
+            await self._stopped_by(error)
+        except BulkGettyError as error:
+            await self._stopped_by(error)
+        if self._fatal is not None and self._spent_or_maybe():
+            await self._report_unprocessed(source)
+        await self._flush_journal()
+        if self._fatal is None:  # after a fatal stop, a `.part` may still be the journal's
+            await self._sweep_orphan_parts()
+
+    async def _flush_journal(self) -> None:
+        """Flush staged progress (shielded: it runs while a run is cancelled too). After a
+        fatal error a journal that fails again is that same error, already being reported."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.journal.flush()
+            except BulkGettyError:
+                if self._fatal is None:
+                    raise
+
+    async def _finish_run(self, run_id: int) -> RunResult:
+        """Close the run in the journal and say how it ended; exit 2 only if nothing spent."""
         self.summary.spends = self.acquirer.spends
         self.summary.wall = time.monotonic() - self.summary.started
         code = self._exit_code()
-        await j.call(j.journal.finish_run, run_id, spends=self.summary.spends, exit_code=code)
+        j = self.journal
+        try:
+            await j.call(j.journal.finish_run, run_id, spends=self.summary.spends, exit_code=code)
+        except BulkGettyError:
+            if self._fatal is None:
+                raise
         s = self.summary
         self._emit(
             RunFinished(

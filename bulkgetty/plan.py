@@ -11,11 +11,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .api import GettyClient, ProductInfo
 from .assets import Asset
 from .errors import ApiError, AuthenticationError
 from .journal import STATE_DIR, AssetState, Journal, Record
+
+if TYPE_CHECKING:
+    from .history import Licensed
 
 __all__ = (
     "DEFAULT_PRODUCT",
@@ -114,6 +118,9 @@ class ProductPlan:
     in_doubt: int = 0
     #: Bought before but the URI expired: fails unless `--reacquire-expired` (then it spends).
     needs_reacquire: int = 0
+    #: Of those to buy, assets this account licensed before (its download history): each
+    #: is bought, and spends, again.
+    licensed_before: int = 0
     #: Downloads remaining on the account's active products of this type (None: unknown).
     remaining: int | None = None
 
@@ -152,15 +159,14 @@ class PlanEstimate:
     def lines(self, title: str) -> list[str]:
         """The human table: one row per product type, then the verdict."""
         header = ["product type", "assets", "done", "transfer", "to buy", "in doubt"]
-        header += ["expired", "remaining", "fits"]
+        header += ["expired", "licensed", "remaining", "fits"]
         rows = [header]
         for p in self.products:
             counts = (p.assets, p.already_done, p.transfer_only, p.to_acquire, p.in_doubt)
+            counts_ = (*counts, p.needs_reacquire, p.licensed_before)
             remaining = "?" if p.remaining is None else str(p.remaining)
             fits = {True: "yes", False: "NO", None: "?"}[p.fits]
-            rows.append(
-                [p.product_type, *map(str, counts), str(p.needs_reacquire), remaining, fits]
-            )
+            rows.append([p.product_type, *map(str, counts_), remaining, fits])
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = [title]
         for r in rows:
@@ -173,6 +179,23 @@ class PlanEstimate:
             f"at most {self.may_spend} downloads would be spent{cap}: {verdict[self.fits]}"
         )
         return lines
+
+    @property
+    def licensed_before(self) -> int:
+        return sum(p.licensed_before for p in self.products)
+
+    def relicensing_note(self, licensed: Licensed) -> str | None:
+        """One line when this plan buys assets the account licensed before, else None."""
+        n = self.licensed_before
+        if not n:
+            return None
+        noun, verb = ("asset", "was") if n == 1 else ("assets", "were")
+        return (
+            f"{n} {noun} of this manifest {verb} licensed before on this account "
+            f"({licensed.describe()}): buying {'it' if n == 1 else 'them'} spends {n} more "
+            f"download{'' if n == 1 else 's'} "
+            "(every download request spends, as Getty documents)"
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -231,6 +254,7 @@ def estimate(
     remaining: Mapping[str, int] | None,
     reacquire_expired: bool = False,
     max_downloads: int | None = None,
+    licensed: Licensed | None = None,
 ) -> PlanEstimate:
     """Tally `decide` over the manifest's journal records, per product type.
 
@@ -245,13 +269,23 @@ def estimate(
         t["assets"] += 1
         action = decide(record, now=now, out_dir=out_dir, reacquire_expired=reacquire_expired)
         t[_COUNTER_OF[action.action]] += 1
+        if licensed is not None and action.action is Action.ACQUIRE and record.asset in licensed:
+            t["licensed_before"] += 1
     plans = []
     for kind in sorted(tallies, key=lambda k: (k == DEFAULT_PRODUCT, k)):
         plans.append(ProductPlan(kind, **tallies[kind], remaining=_left(kind, remaining)))
     return PlanEstimate(tuple(plans), max_downloads)
 
 
-_COUNTERS = ("assets", "already_done", "transfer_only", "to_acquire", "in_doubt", "needs_reacquire")
+_COUNTERS = (
+    "assets",
+    "already_done",
+    "transfer_only",
+    "to_acquire",
+    "in_doubt",
+    "needs_reacquire",
+    "licensed_before",
+)
 _COUNTER_OF = {
     Action.ALREADY_DONE: "already_done",
     Action.TRANSFER: "transfer_only",

@@ -21,7 +21,7 @@ from bulkgetty.assets import Asset
 from bulkgetty.auth import Credentials
 from bulkgetty.config import RunOptions
 from bulkgetty.engine import Downloader, RunResult
-from bulkgetty.errors import AuthenticationError
+from bulkgetty.errors import AuthenticationError, JournalError
 from bulkgetty.events import (
     AssetAcquired,
     AssetDone,
@@ -730,6 +730,41 @@ async def test_cancel_before_a_post_leaves_sends_nothing(tmp_path: Path) -> None
         finally:
             journal.close()
         assert record is not None and record.state.value == "pending"
+
+
+async def test_a_journal_failure_after_spending_reports_every_row_and_exits_1(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    """The journal fails (here: `record_done` of the 3rd file) after downloads were spent:
+    the run does not raise as if nothing was spent (exit 2) but ends reported: every asset
+    has a row, RunFinished is emitted, the exit status is 1 and the error is kept."""
+    out = tmp_path / "out"
+    opts = RunOptions(out_dir=out, api_rate=None, concurrency=2, history_settle=SETTLE)
+    events: list[Event] = []
+    creds = Credentials.from_env(sb.credentials_env())
+    async with Downloader(
+        creds, opts, api_url=sb.api_url, policy=POLICY, on_event=events.append
+    ) as d:
+        journal = d.journal.journal
+        real = journal.record_done
+        calls = 0
+
+        def failing_done(*args: Any, **kwargs: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise JournalError("journal commit failed: disk I/O error")
+            real(*args, **kwargs)
+
+        journal.record_done = failing_done  # type: ignore[method-assign]
+        async with asyncio.timeout(30):
+            result = await d.run(images(8))
+    run = Run(result, events)
+    assert run.exit_code == 1
+    assert isinstance(result.error, JournalError)
+    assert sorted(run.status()) == sorted(a.id for a in images(8))
+    assert isinstance(events[-1], RunFinished) and events[-1].exit_code == 1
+    assert result.summary.spends == total_spends(sb) >= 3
 
 
 # ------------------------------------------------------------------ credentials

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from bulkgetty import history
 from bulkgetty.api import GettyClient, HistoryItem
 from bulkgetty.assets import Asset
 from bulkgetty.auth import Credentials
 from bulkgetty.connect import open_client
 from bulkgetty.errors import UsageError
-from bulkgetty.history import HistoryFilter, history_asset, history_to_manifest
+from bulkgetty.history import HistoryFilter, history_asset, history_to_manifest, licensed_before
 from bulkgetty.manifest import ManifestDefaults, read_manifest
 from bulkgetty.sandbox import Product, Sandbox, SandboxConfig
 from bulkgetty.search import search_to_manifest
@@ -114,3 +117,34 @@ async def test_search_videos_to_txt_reads_back_with_the_comment_options(
     assert all(r.asset.asset_type == "video" for r in read_manifest(out, defaults))
     with pytest.raises(UsageError, match="--limit"):
         await search_to_manifest(c, "city", out, limit=0)
+
+
+async def test_licensed_before_reads_30_day_windows_back_to_the_lookback(
+    client: tuple[Sandbox, GettyClient],
+) -> None:
+    """Spends 10 and 50 days ago are found (the second in the second window); 200 days ago is
+    past the lookback. Each window is one the API answers by its documented default."""
+    sb, c = client
+    now = time.time()
+    for asset_id, days_ago in (("701", 10), ("702", 50), ("703", 200)):
+        sb.configure(clock=lambda d=days_ago: now - d * 86_400)
+        await c.download(Asset(asset_id))
+    sb.configure(clock=time.time)
+    today = dt.datetime.now(dt.UTC).date()
+    licensed = await licensed_before(c, today=today)
+    assert licensed.assets == {("image", "701"), ("image", "702")}
+    assert licensed.complete and licensed.since == (today - dt.timedelta(days=90)).isoformat()
+    assert Asset("702", product_type="premiumaccess") in licensed
+    assert Asset("703") not in licensed and Asset("701", "video") not in licensed
+
+
+async def test_licensed_before_stops_at_its_cap_and_says_so(
+    client: tuple[Sandbox, GettyClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, c = client
+    for i in range(5):
+        await c.download(Asset(str(710 + i)))
+    monkeypatch.setattr(history, "LICENSED_MAX_ITEMS", 3)
+    licensed = await licensed_before(c, today=dt.datetime.now(dt.UTC).date())
+    assert len(licensed.assets) == 3 and not licensed.complete
+    assert "latest 3 downloads only" in licensed.describe()

@@ -13,6 +13,7 @@ from bulkgetty.assets import Asset
 from bulkgetty.auth import Credentials
 from bulkgetty.connect import open_client
 from bulkgetty.errors import AuthenticationError
+from bulkgetty.history import Licensed
 from bulkgetty.journal import AssetState, Journal, Record
 from bulkgetty.plan import (
     DEFAULT_PRODUCT,
@@ -93,6 +94,7 @@ def test_fits_is_unknown_without_products_and_false_over_the_cap() -> None:
             "to_acquire": 3,
             "in_doubt": 0,
             "needs_reacquire": 0,
+            "licensed_before": 0,
             "remaining": None,
             "may_spend": 3,
             "fits": None,
@@ -180,3 +182,22 @@ async def test_refused_credentials_still_stop_the_plan() -> None:
                 await remaining_quota(client)
     finally:
         await runner.cleanup()
+
+
+def test_assets_to_buy_that_the_account_licensed_before_are_counted_and_named(
+    tmp_path: Path,
+) -> None:
+    """Only assets that would be bought count (done ones spend nothing), per product type,
+    and the note says how many downloads they cost again."""
+    licensed = Licensed(frozenset({("image", "1"), ("image", "2")}), "2026-09-04")
+    records = [
+        Record(Asset("1").key, Asset("1"), AssetState.PENDING),
+        Record(Asset("2").key, Asset("2"), AssetState.ACQUIRED, uri="u", uri_expires=NOW + 9e4),
+        Record(Asset("3").key, Asset("3"), AssetState.PENDING),
+    ]
+    plan = estimate(records, now=NOW, out_dir=tmp_path, remaining=None, licensed=licensed)
+    assert plan.licensed_before == 1
+    note = plan.relicensing_note(licensed)
+    assert note is not None and note.startswith("1 asset of this manifest was licensed before")
+    assert "since 2026-09-04" in note and "buying it spends 1 more download " in note
+    assert estimate(records, now=NOW, out_dir=tmp_path, remaining=None).licensed_before == 0

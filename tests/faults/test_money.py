@@ -220,3 +220,39 @@ def test_state_files_are_the_owners_alone_under_umask_022(tmp_path: Path, matrix
         assert media and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in media)
         result = audit(sb, out, ids, [done], fault="state files under umask 022")
         matrix.check(result, note="state folder 0700, its files 0600, media 0644")
+
+
+def test_a_history_manifest_run_into_a_new_folder_says_what_it_spends_again(
+    tmp_path: Path, matrix: Matrix
+) -> None:
+    """`history --out h.csv` then `run h.csv --out NEW` buys every asset again (each POST
+    spends): `plan` counts them as licensed before, and `run` says so before spending."""
+    ids = [str(9_980_000 + i) for i in range(4)]
+    with SandboxThread(SandboxConfig()) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        first = cli("run", str(manifest), "--out", str(tmp_path / "a"), env=env)
+        assert first.returncode == 0, first.stderr
+        assert "licensed before" not in first.stderr
+        hist = tmp_path / "h.csv"
+        assert cli("history", "--out", str(hist), env=env).returncode == 0
+        planned = cli("plan", str(hist), "--out", str(tmp_path / "new"), "--json", env=env)
+        assert planned.returncode == 0, planned.stderr
+        assert '"licensed_before":4' in planned.stdout.replace(" ", "")
+        assert "4 assets of this manifest were licensed before" in planned.stderr
+        again = cli("run", str(hist), "--out", str(tmp_path / "new"), env=env)
+        assert again.returncode == 0, again.stderr
+        assert "4 assets of this manifest were licensed before" in again.stderr
+        assert "spends 4 more downloads" in again.stderr
+        rerun = cli("run", str(hist), "--out", str(tmp_path / "new"), env=env)
+        assert "licensed before" not in rerun.stderr  # nothing left to buy: nothing asked
+        result = audit(
+            sb,
+            tmp_path / "new",
+            ids,
+            [first, again, rerun],
+            fault="history manifest run into a new folder",
+            spends_expected=8,
+            rebought=ids,
+        )
+        matrix.check(result, note="said before spending: 4 licensed before, 4 more spends")
