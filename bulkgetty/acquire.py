@@ -200,8 +200,11 @@ class Acquirer:
             if intent:
                 await j.call(j.journal.record_not_spent, record.key, AssetState.PENDING, None)
             return exc
-        except JournalError:
-            raise  # the claim or the journal is gone: the run stops (nothing to record it in)
+        except JournalError as exc:
+            if purchase.sent:
+                raise  # spent, and the journal cannot say so: the run stops (see engine)
+            self.budget.give_back()  # the intent was refused (a claim lost): nothing sent
+            return exc
         except BulkGettyError as exc:
             if exc.may_have_spent:
                 # The settle time counts from here: the answer (or its loss) is what can

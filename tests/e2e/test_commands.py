@@ -127,7 +127,9 @@ def test_plan_counts_per_product_type_and_spends_nothing(tmp_path: Path) -> None
 
         human = cli("plan", str(manifest), "--out", str(out), env=env)
         assert human.returncode == 3
-        assert re.search(r"editorialsubscription\s+5\s+1\s+0\s+4\s+0\s+0\s+3\s+NO", human.stdout)
+        assert re.search(
+            r"editorialsubscription\s+5\s+1\s+0\s+4\s+0\s+0\s+0\s+3\s+NO", human.stdout
+        )
         assert "some assets would wait for quota" in human.stdout
 
         # The proof: not one POST, not one spend, no quota moved.

@@ -160,7 +160,12 @@ def test_sigint_and_sigterm_stop_cleanly_and_the_rerun_resumes(
         manifest = write_ids(tmp_path / "ids.txt", ids)
         out = tmp_path / "o"
         proc = start_cli("run", str(manifest), "--out", str(out), "--concurrency", "3", env=env)
-        time.sleep(1.5)
+        # Signal once the run is under way (a loaded machine may take over 1.5 s to start
+        # Python: a signal before the handlers exist kills it as the signal's default would).
+        deadline = time.monotonic() + 30
+        while not sb.ledger and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
         proc.send_signal(sig)
         stopped = proc.communicate(timeout=30)
         assert proc.returncode == 130
