@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -37,7 +36,8 @@ from .cli_help import (
     SEARCH_EXAMPLES,
     STATUS_EXAMPLES,
 )
-from .cli_output import Emitter, fatal_text
+from .cli_output import Emitter, fatal_text, warn_relicensing
+from .cli_signals import run_with_signals
 from .config import DEFAULT_API_RATE, HISTORY_SETTLE, RunOptions, api_url_from_env
 from .connect import ApiAccess, ConnectWatch
 from .engine import Downloader
@@ -47,7 +47,6 @@ from .history import (
     HistoryFilter,
     account_licences,
     history_to_manifest,
-    relicensing_note,
 )
 from .http import check_url_scheme
 from .journal import STATE_DIR, private_file, private_state_dir
@@ -61,7 +60,6 @@ from .status import journal_status
 
 __all__ = ("main",)
 
-EXIT_INTERRUPTED = 130
 
 SANDBOX_EXAMPLES = """\
 examples:
@@ -468,31 +466,6 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
     return result.exit_code
 
 
-#: On a terminal, seconds to wait after saying that assets licensed before will be bought
-#: again: time for the person to press Ctrl-C before anything is spent.
-RELICENSING_PAUSE = 5.0
-
-
-async def warn_relicensing(
-    downloader: Downloader, rows: Callable[[], Iterable[Asset]], emit: Emitter
-) -> None:
-    """Before spending: say how many downloads go to assets this account licensed before."""
-    out = Path(downloader.out.path)
-    note = await relicensing_note(
-        downloader.client,
-        lambda: journal_records(out, rows()),
-        out_dir=out,
-        reacquire_expired=downloader.options.reacquire_expired,
-    )
-    if note is None:
-        return
-    emit.err.write(f"bulkgetty: {note}\n")
-    if emit.live:
-        emit.err.write(f"bulkgetty: starting in {RELICENSING_PAUSE:.0f} s; Ctrl-C to stop\n")
-        emit.err.flush()
-        await asyncio.sleep(RELICENSING_PAUSE)
-
-
 async def ledger_run_command(
     args: argparse.Namespace, env: Mapping[str, str], emit: Emitter
 ) -> int:
@@ -665,54 +638,6 @@ async def sandbox_command(args: argparse.Namespace, env: Mapping[str, str], emit
 Handler = Callable[[argparse.Namespace, Mapping[str, str], "Emitter"], Awaitable[int]]
 
 
-def _run_with_signals(
-    coro_fn: Callable[[], Awaitable[int]], *, tty: bool, purchases: Callable[[], int]
-) -> int:
-    """Ctrl-C / SIGTERM stop the run: no new purchase starts, the POSTs on the wire are
-    answered and their URIs committed (purchases.py), transfers stop (their `.part` resumes).
-    A second Ctrl-C exits at once, abandoning those POSTs (the next run resolves them)."""
-
-    async def runner() -> int:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        hits = 0
-
-        def on_signal() -> None:
-            nonlocal hits
-            hits += 1
-            if hits > 1:
-                if tty:
-                    sys.stdout.write("\x1b[?25h\n")  # the live display hid the cursor
-                    sys.stdout.flush()
-                sys.stderr.write("bulkgetty: stopped at once; run the same command to resume\n")
-                os._exit(EXIT_INTERRUPTED)
-            in_flight = purchases()
-            if in_flight:
-                noun = "purchase" if in_flight == 1 else "purchases"
-                sys.stderr.write(
-                    f"bulkgetty: stopping: finishing {in_flight} {noun} in flight; "
-                    "Ctrl-C again to abandon them\n"
-                )
-            else:
-                sys.stderr.write("bulkgetty: stopping (Ctrl-C again to exit at once)...\n")
-            sys.stderr.flush()
-            task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        return int(await coro_fn())
-
-    try:
-        return asyncio.run(runner())
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        sys.stderr.write(
-            "bulkgetty: stopped; the journal is consistent and partial files are kept: "
-            "run the same command again to resume\n"
-        )
-        return EXIT_INTERRUPTED
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -724,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handler: Handler = args.handler
     try:
-        return _run_with_signals(
+        return run_with_signals(
             lambda: handler(args, os.environ, emit),
             tty=emit.live,
             purchases=lambda: emit.purchases_in_flight(),

@@ -9,7 +9,8 @@ named on stderr instead of one "see the report" line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -17,9 +18,12 @@ from typing import TextIO
 import orjson
 from rich.console import Console
 
-from .engine import RunResult
+from .assets import Asset
+from .engine import Downloader, RunResult
 from .errors import BulkGettyError, DiskFullError
 from .events import AssetFailed, AssetWaiting, Event, RunFinished
+from .history import relicensing_note
+from .plan import journal_records
 from .progress import RunDisplay, summary_table
 from .status import ReasonTally, reason_lines
 
@@ -112,3 +116,28 @@ def fatal_text(exc: BulkGettyError, redact: Callable[[str], str]) -> str:
             "consistent and partial files are kept"
         )
     return text
+
+
+#: On a terminal, seconds to wait after saying that assets licensed before will be bought
+#: again: time for the person to press Ctrl-C before anything is spent.
+RELICENSING_PAUSE = 5.0
+
+
+async def warn_relicensing(
+    downloader: Downloader, rows: Callable[[], Iterable[Asset]], emit: Emitter
+) -> None:
+    """Before spending: say how many downloads go to assets this account licensed before."""
+    out = Path(downloader.out.path)
+    note = await relicensing_note(
+        downloader.client,
+        lambda: journal_records(out, rows()),
+        out_dir=out,
+        reacquire_expired=downloader.options.reacquire_expired,
+    )
+    if note is None:
+        return
+    emit.err.write(f"bulkgetty: {note}\n")
+    if emit.live:
+        emit.err.write(f"bulkgetty: starting in {RELICENSING_PAUSE:.0f} s; Ctrl-C to stop\n")
+        emit.err.flush()
+        await asyncio.sleep(RELICENSING_PAUSE)
