@@ -2,7 +2,8 @@
 
 Checked with small pure-Python readers written here (no image library is a dependency):
 the JPEG reader walks every marker segment, builds the Huffman tables and decodes every
-block of the entropy-coded scan; the MP4 reader walks the box tree to the file's last byte.
+block of the entropy-coded scan; the MP4 reader walks the box tree to the file's last byte
+and decodes the one frame its sample table points at.
 """
 
 from __future__ import annotations
@@ -211,3 +212,10 @@ def test_video_is_an_mp4_with_ftyp_moov_and_mdat_filling_the_file(size: str) -> 
     assert isinstance(mdia, dict)
     hdlr = mdia[b"hdlr"]
     assert isinstance(hdlr, bytes) and hdlr[8:12] == b"vide"
+    # The one sample the tables point at is a JPEG frame of the track's size.
+    stbl = mdia[b"minf"][b"stbl"]  # type: ignore[index]
+    (sample_size,) = struct.unpack(">I", stbl[b"stsz"][12:16])
+    (chunk_offset,) = struct.unpack(">I", stbl[b"stco"][8:12])
+    assert stbl[b"stsd"][12:16] == b"jpeg"
+    frame = read_jpeg(data[chunk_offset : chunk_offset + sample_size])
+    assert (frame.width, frame.height) == VIDEO_FRAMES[size]

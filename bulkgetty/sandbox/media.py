@@ -11,7 +11,8 @@ seeded pool:
   Width is 3/2 of the height. Without a `height` the image is the tallest of
   `IMAGE_HEIGHTS` whose structure fits the file's length.
 - MP4: `ftyp`, a `moov` with `mvhd` and one video `trak` (its frame size from the video size
-  name, no samples), then one `mdat` box holding the pool bytes.
+  name): one grey JPEG frame (QuickTime Photo-JPEG) held for ten seconds, stored first in the
+  one `mdat` box, the pool bytes after it.
 
 The padding fills the file to its length exactly; a length smaller than the structure grows to
 the structure's size (`minimum_length`).
@@ -200,9 +201,26 @@ _MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
 _TIMESCALE = 1000
 
 
+_MDAT_HEADER = 16  # 64-bit size: any file length fits
+
+
+@functools.lru_cache(maxsize=16)
+def _still(width: int, height: int) -> bytes:
+    """The video's one frame: a grey JPEG of the frame size (QuickTime Photo-JPEG)."""
+    return _JPEG_HEAD + _jpeg_frame(width, height)
+
+
 @functools.lru_cache(maxsize=16)
 def _moov(width: int, height: int) -> bytes:
-    """One video track of WIDTHxHEIGHT and VIDEO_SECONDS, with an empty sample table."""
+    """One video track of WIDTHxHEIGHT: a single JPEG frame held for VIDEO_SECONDS, stored
+    first in `mdat` (so players and ffprobe decode a real frame; the padding follows it).
+
+    The moov's length does not depend on the frame's offset, so it is built twice."""
+    frame_at = len(_FTYP) + len(_build_moov(width, height, 0)) + _MDAT_HEADER
+    return _build_moov(width, height, frame_at)
+
+
+def _build_moov(width: int, height: int, frame_at: int) -> bytes:
     duration = VIDEO_SECONDS * _TIMESCALE
     mvhd = _full_box(
         b"mvhd",
@@ -228,8 +246,8 @@ def _moov(width: int, height: int) -> bytes:
     hdlr = _full_box(b"hdlr", 0, bytes(4), b"vide", bytes(12), b"VideoHandler\x00")
     vmhd = _full_box(b"vmhd", 1, bytes(8))
     dinf = _box(b"dinf", _full_box(b"dref", 0, struct.pack(">I", 1), _full_box(b"url ", 1)))
-    avc1 = _box(
-        b"avc1",
+    entry = _box(
+        b"jpeg",
         bytes(6),
         struct.pack(">H", 1),  # data reference index
         bytes(16),
@@ -240,29 +258,31 @@ def _moov(width: int, height: int) -> bytes:
         bytes(32),
         struct.pack(">Hh", 0x18, -1),
     )
-    empty = struct.pack(">I", 0)
+    one = struct.pack(">I", 1)
     stbl = _box(
         b"stbl",
-        _full_box(b"stsd", 0, struct.pack(">I", 1), avc1),
-        _full_box(b"stts", 0, empty),
-        _full_box(b"stsc", 0, empty),
-        _full_box(b"stsz", 0, empty, empty),
-        _full_box(b"stco", 0, empty),
+        _full_box(b"stsd", 0, one, entry),
+        _full_box(b"stts", 0, one, struct.pack(">II", 1, duration)),
+        _full_box(b"stsc", 0, one, struct.pack(">III", 1, 1, 1)),
+        _full_box(b"stsz", 0, struct.pack(">III", 0, 1, len(_still(width, height)))),
+        _full_box(b"stco", 0, one, struct.pack(">I", frame_at)),
     )
     minf = _box(b"minf", vmhd, dinf, stbl)
     trak = _box(b"trak", tkhd, _box(b"mdia", mdhd, hdlr, minf))
     return _box(b"moov", mvhd, trak)
 
 
-_MDAT_HEADER = 16  # 64-bit size: any file length fits
+def _frame_of(size: str | None) -> tuple[int, int]:
+    return VIDEO_FRAMES.get(size or DEFAULT_VIDEO_SIZE, VIDEO_FRAMES[DEFAULT_VIDEO_SIZE])
 
 
 def mp4_parts(size: str | None, length: int, seed: int, offset: int) -> list[memoryview]:
     """An MP4 for the video size name (None: the largest), its `mdat` filling `length`."""
-    moov = _moov(*VIDEO_FRAMES.get(size or DEFAULT_VIDEO_SIZE, VIDEO_FRAMES[DEFAULT_VIDEO_SIZE]))
-    data = max(0, length - len(_FTYP) - len(moov) - _MDAT_HEADER)
-    mdat = struct.pack(">I", 1) + b"mdat" + struct.pack(">Q", data + _MDAT_HEADER)
-    parts = [memoryview(_FTYP), memoryview(moov), memoryview(mdat)]
+    frame = _frame_of(size)
+    moov, still = _moov(*frame), _still(*frame)
+    data = max(0, length - len(_FTYP) - len(moov) - _MDAT_HEADER - len(still))
+    mdat = struct.pack(">I", 1) + b"mdat" + struct.pack(">Q", _MDAT_HEADER + len(still) + data)
+    parts = [memoryview(_FTYP), memoryview(moov), memoryview(mdat), memoryview(still)]
     parts.extend(pool_run(seed, offset, data))
     return parts
 
@@ -272,6 +292,6 @@ def minimum_length(ext: str, height: int | None, size: str | None) -> int:
     if ext == "jpg":
         return _jpeg_size(height) if height else _jpeg_size(IMAGE_HEIGHTS[0])
     if ext == "mp4":
-        frame = VIDEO_FRAMES.get(size or DEFAULT_VIDEO_SIZE, VIDEO_FRAMES[DEFAULT_VIDEO_SIZE])
-        return len(_FTYP) + len(_moov(*frame)) + _MDAT_HEADER
+        frame = _frame_of(size)
+        return len(_FTYP) + len(_moov(*frame)) + _MDAT_HEADER + len(_still(*frame))
     return 0
