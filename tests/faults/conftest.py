@@ -223,6 +223,25 @@ def scheme(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A module's `HTTPS_CASES` (values of its `name` parameter) limits its https rows to a
+    representative subset: the cases where TLS changes what reaches the client (how a body
+    ends, cuts, surplus, redirects across origins), so the suite stays within its budget."""
+    kept, dropped = [], []
+    for item in items:
+        subset = getattr(getattr(item, "module", None), "HTTPS_CASES", None)
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        https = params.get("scheme") == "https"
+        if subset is not None and https and params.get("name") not in subset:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def _scheme_of(node: pytest.Item) -> str:
     callspec = getattr(node, "callspec", None)
     return str(callspec.params.get("scheme", "http")) if callspec is not None else "http"

@@ -110,6 +110,23 @@ CASES: dict[str, Case] = {
 #: Faults bulkgetty does not defend against yet: the matrix shows their rows as not zero.
 OPEN: dict[str, str] = {}
 
+#: The rows that also run over HTTPS (tests/faults/conftest.py): where TLS changes how a body
+#: ends or is cut (close_notify or not), the surplus check, and redirects between origins.
+HTTPS_CASES = frozenset(
+    {
+        "connection closed mid-body",
+        "stall mid-body",
+        "chunked without length",
+        "close-delimited body cut halfway",
+        "close-delimited body whole",
+        "empty 200",
+        "Content-Length larger than body",
+        "Content-Length smaller than body",
+        "redirect chain 301,302,303,307,308",
+        "expired URI (XML 403) during transfer",
+    }
+)
+
 
 @pytest.mark.parametrize(
     "name",
