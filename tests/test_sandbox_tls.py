@@ -141,8 +141,12 @@ def sandbox_cli(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, s
         yield proc, exports, banner
     finally:
         if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # as a user stops it: its CA folder is removed
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        proc.communicate(timeout=10)
+            proc.communicate(timeout=10)
 
 
 def _read_banner(proc: subprocess.Popen[str]) -> str:
@@ -166,7 +170,7 @@ def _read_banner(proc: subprocess.Popen[str]) -> str:
 def test_sandbox_tls_command_prints_ssl_cert_file_and_a_run_with_its_exports_works(
     tmp_path: Path,
 ) -> None:
-    with sandbox_cli("--tls") as (_, exports, banner):
+    with sandbox_cli("--tls") as (proc, exports, banner):
         assert exports["GETTY_API_URL"].startswith("https://127.0.0.1:")
         assert Path(exports["SSL_CERT_FILE"]).is_file()
         assert f"NODE_EXTRA_CA_CERTS={exports['SSL_CERT_FILE']}" in banner
@@ -174,6 +178,8 @@ def test_sandbox_tls_command_prints_ssl_cert_file_and_a_run_with_its_exports_wor
         done = cli("run", str(manifest), "--out", str(tmp_path / "o"), env=clean_env(exports))
         assert done.returncode == 0, done.stderr
         assert [r["status"] for r in report(tmp_path / "o")] == ["downloaded"] * 2
+    assert proc.returncode == 0
+    assert not Path(exports["SSL_CERT_FILE"]).exists(), "Ctrl-C left the CA folder behind"
 
 
 def test_sandbox_on_a_port_in_use_is_one_line_exit_2() -> None:
