@@ -1,0 +1,1 @@
+"""Tests of bulkgetty/manifest/: one file a module (fields, formats, read, write)."""
