@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -494,13 +494,21 @@ class _Attempt:
 
     def _check_resume_range(self, resp: aiohttp.ClientResponse, start: int) -> int:
         """A resumed 206 must match exactly; if not, the next attempt starts from zero."""
-        self.must_reset = True
-        total = check_content_range(resp, start, None, self.state.total)
-        new_etag = resp.headers.get("ETag")
-        if self.state.etag and new_etag and new_etag != self.state.etag:
-            raise IntegrityError(f"ETag changed on a ranged answer from {_where(resp)}")
-        self.must_reset = False
+        with self._resetting():
+            total = check_content_range(resp, start, None, self.state.total)
+            new_etag = resp.headers.get("ETag")
+            if self.state.etag and new_etag and new_etag != self.state.etag:
+                raise IntegrityError(f"ETag changed on a ranged answer from {_where(resp)}")
         return total
+
+    @contextlib.contextmanager
+    def _resetting(self) -> Iterator[None]:
+        """An IntegrityError raised inside means no byte of this file may be trusted."""
+        try:
+            yield
+        except IntegrityError:
+            self.must_reset = True
+            raise
 
     async def _stream_single(
         self,
@@ -562,14 +570,13 @@ class _Attempt:
         try:
             if probe.status != 416:
                 await raise_for_status(probe)
-            self.must_reset = True
-            total = total_from_probe(probe, got)
-            if total is None and not await same_body(probe, got, hasher.hexdigest()):
-                raise IntegrityError(f"two copies of a body without a length differ ({at})")
-            self.must_reset = False
+            with self._resetting():
+                total = total_from_probe(probe, got)
+                if total is None and not await same_body(probe, got, hasher.hexdigest()):
+                    raise IntegrityError(f"two copies of a body without a length differ ({at})")
             if probe.status == 206 and total is not None:
                 self.state = replace(self.state, total=total)
-                rest = await self._pump(probe, writer, limit=None, sniff=False, flush=False)
+                rest = await self._pump(probe, writer, limit=None, sniff=False)
                 if rest != total - got:
                     raise ReadError(f"body ended after {got + rest} of {total} bytes from {at}")
         finally:
@@ -582,7 +589,8 @@ class _Attempt:
         total = self.state.total or unsatisfied_total(resp)
         if part is not None and total is not None and start == total:
             self.resumed_from = start
-            return await self._finish(part, total, await sha256_file(part.path, upto=total))
+            # The `.part` was cut to `start` when it was opened: all of it is the file.
+            return await self._finish(part, total, await sha256_file(part.path))
         raise await self._reset(part, f"416 for bytes {start}- from {_where(resp)}: restarting")
 
     # ---- segments
@@ -603,7 +611,7 @@ class _Attempt:
     def _segments_valid(self) -> bool:
         """Segments from the journal must tile [0, total) exactly, with a validator to resume."""
         st = self.state
-        if st.total is None or st.name is None or self._if_range() is None:
+        if st.name is None or self._if_range() is None:
             return False
         pos = 0
         for seg in st.segments:
@@ -660,9 +668,9 @@ class _Attempt:
 
     def _on_disk_from(self, pos: int) -> int:
         """Up to where the bytes from `pos` on are on disk: the covering segment's writer."""
-        for seg, writer in zip(self.state.segments, self.writers, strict=True):
+        for i, seg in enumerate(self.state.segments):
             if seg.start <= pos < seg.end:
-                return writer.position
+                return self.writers[i].position
         return pos
 
     async def _raise_segment_errors(self, part: PartFile, results: list[Any]) -> None:
@@ -704,15 +712,11 @@ class _Attempt:
             raise ReadError(f"segment {index} ended after {got} of {want} bytes")
 
     def _check_segment_response(self, resp: aiohttp.ClientResponse, start: int, last: int) -> None:
-        try:
+        with self._resetting():
             check_content_range(resp, start, last, self.state.total)
-        except IntegrityError:
-            self.must_reset = True
-            raise
-        etag = resp.headers.get("ETag")
-        if self.state.etag and etag and etag != self.state.etag:
-            self.must_reset = True
-            raise IntegrityError(f"ETag changed on segment bytes {start}-{last}")
+            etag = resp.headers.get("ETag")
+            if self.state.etag and etag and etag != self.state.etag:
+                raise IntegrityError(f"ETag changed on segment bytes {start}-{last}")
 
     # ---- streaming and finishing
 

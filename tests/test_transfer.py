@@ -20,6 +20,7 @@ from bulkgetty import transfer as transfer_module
 from bulkgetty.errors import (
     DeliveryError,
     IntegrityError,
+    JournalError,
     ReadError,
     RedirectError,
     StorageError,
@@ -70,6 +71,9 @@ class Asset:
     close_delimited: int = 0
     #: Serve a Range whatever If-Range says (a server that ignores the validator).
     ignore_if_range: bool = False
+    last_modified: str | None = None
+    #: Range start -> status answered instead (with `error_body`), e.g. one segment refused.
+    status_for_start: dict[int, int] = field(default_factory=dict)
     requests: int = 0
 
 
@@ -131,6 +135,11 @@ class Server:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{len(asset.body)}"})
         start, end = span
         seen.start = start
+        if start in asset.status_for_start and "Range" in request.headers:
+            seen.status = asset.status_for_start[start]
+            return web.Response(
+                status=seen.status, body=asset.error_body, content_type=asset.error_type
+            )
         return await self._send(request, asset, seen, start, end)
 
     def _span(self, asset: Asset, headers: Mapping[str, str]) -> tuple[int, int] | None:
@@ -140,7 +149,8 @@ class Server:
         if_range = headers.get("If-Range")
         if not rng or not asset.ranges or asset.ignore_range:
             return 0, size
-        if if_range is not None and if_range != asset.etag and not asset.ignore_if_range:
+        validators = (asset.etag, asset.last_modified)
+        if if_range is not None and if_range not in validators and not asset.ignore_if_range:
             return 0, size
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng)
         assert m, rng
@@ -154,6 +164,8 @@ class Server:
         headers: dict[str, str] = {}
         if asset.etag:
             headers["ETag"] = asset.etag
+        if asset.last_modified:
+            headers["Last-Modified"] = asset.last_modified
         if asset.content_type:
             headers["Content-Type"] = asset.content_type
         if asset.disposition:
@@ -1238,3 +1250,279 @@ async def test_416_finishes_a_whole_part_whose_total_only_the_416_gives(
     result = await fetch(session, server.url("/a/x"), out, state=state)
     assert (server.seen[-1].status, server.served) == (416, 0)
     assert result.sha256 == sha(data)
+
+
+# -------------------------------------------- resume and segment rules, one test each
+
+
+def test_a_state_without_segments_reads_back_as_a_single_stream() -> None:
+    assert TransferState.from_json(b'{"name": "a.jpg", "done": 3}') == TransferState(
+        name="a.jpg", done=3
+    )
+    with pytest.raises(JournalError, match="unreadable transfer state: expected a string, got int"):
+        TransferState.from_json(b'{"etag": 7}')
+
+
+async def test_a_part_without_validator_or_total_is_fetched_again_from_zero(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """Nothing can prove the bytes on disk belong to this file: no Range is sent."""
+    data = body(MiB)
+    server.assets["x"] = Asset(data, etag=None)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:1000])
+    state = TransferState(name="GettyImages-1.jpg", done=1000)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert "Range" not in server.seen[0].headers
+    assert (result.sha256, result.refetched, result.resumed_from) == (sha(data), 1000, 0)
+
+
+@pytest.mark.parametrize(
+    "validators",
+    [{"total": MiB}, {"last_modified": "Wed, 21 Oct 2015 07:28:00 GMT"}, {"etag": '"v1"'}],
+    ids=["total", "last-modified", "etag"],
+)
+async def test_one_validator_or_the_total_is_enough_to_resume_even_one_byte(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, validators: dict[str, Any]
+) -> None:
+    data = body(MiB)
+    server.assets["x"] = Asset(data, last_modified="Wed, 21 Oct 2015 07:28:00 GMT")
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:1])
+    state = TransferState(name="GettyImages-1.jpg", done=1, **validators)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert server.seen[0].headers["Range"] == "bytes=1-"
+    assert (result.sha256, result.refetched, result.resumed_from) == (sha(data), 0, 1)
+
+
+async def test_a_weak_etag_never_goes_in_if_range_last_modified_does(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    stamp = "Wed, 21 Oct 2015 07:28:00 GMT"
+    data = body(MiB)
+    server.assets["x"] = Asset(data, etag='W/"v1"', last_modified=stamp)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:500])
+    state = TransferState(
+        name="GettyImages-1.jpg", total=len(data), etag='W/"v1"', last_modified=stamp, done=500
+    )
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert server.seen[0].headers["If-Range"] == stamp
+    assert result.sha256 == sha(data)
+
+
+async def test_a_resume_answered_for_a_file_of_another_size_starts_over(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """The 206 is consistent in itself, but the file it describes is not the one begun."""
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:MiB])
+    state = TransferState(name="GettyImages-1.jpg", total=len(data) + 100, etag='"v1"', done=MiB)
+    calls = Calls()
+    with pytest.raises(IntegrityError, match="does not match"):
+        await fetch(session, server.url("/a/x"), out, state=state, calls=calls)
+    assert calls.last.done == 0
+
+
+@pytest.mark.parametrize("cut", [None, 300_000])
+async def test_a_resumed_206_without_content_length_is_held_to_its_content_range(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, cut: int | None
+) -> None:
+    """Whole, it finishes with no extra request; cut, it keeps what arrived for the next
+    attempt instead of asking whether the file ended there."""
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data, close_delimited=1, cut_after=cut, cut_start=MiB)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:MiB])
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=MiB)
+    calls = Calls()
+    if cut is None:
+        result = await fetch(session, server.url("/a/x"), out, state=state)
+        assert result.sha256 == sha(data)
+        assert len(server.seen) == 1
+        return
+    with pytest.raises(ReadError, match=f"ended after {cut} of {MiB}"):
+        await fetch(session, server.url("/a/x"), out, state=state, calls=calls)
+    assert calls.last.done == MiB + cut
+    assert len(server.seen) == 1
+
+
+def _segmented_state(total: int, etag: str = '"v1"', **segments: int) -> TransferState:
+    """Four equal segments of `total`; `s0=...` sets a segment's done bytes (default 0)."""
+    segs = tuple(
+        Segment(s.start, s.end, segments.get(f"s{i}", 0)) for i, s in enumerate(_quarters(total))
+    )
+    return TransferState(name="GettyImages-1.jpg", total=total, etag=etag, segments=segs)
+
+
+def _quarters(total: int) -> tuple[Segment, ...]:
+    size = -(-total // 4)
+    return tuple(Segment(a, min(a + size, total)) for a in range(0, total, size))
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        replace(_segmented_state(8 * MiB), name=None),
+        replace(_segmented_state(8 * MiB), etag=None),
+        replace(_segmented_state(8 * MiB), total=None),
+        replace(_segmented_state(8 * MiB), total=9 * MiB),  # segments stop short of it
+        replace(
+            _segmented_state(8 * MiB), segments=(Segment(0, 4 * MiB), Segment(5 * MiB, 8 * MiB))
+        ),
+        replace(
+            _segmented_state(8 * MiB),
+            segments=(Segment(0, 4 * MiB), Segment(4 * MiB, 4 * MiB), Segment(4 * MiB, 8 * MiB)),
+        ),
+        replace(
+            _segmented_state(8 * MiB),
+            segments=(Segment(0, 4 * MiB, 5 * MiB), Segment(4 * MiB, 8 * MiB)),
+        ),
+        replace(
+            _segmented_state(8 * MiB), segments=(Segment(0, 4 * MiB, -1), Segment(4 * MiB, 8 * MiB))
+        ),
+    ],
+    ids=["no name", "no validator", "no total", "short", "gap", "empty", "overdone", "negative"],
+)
+async def test_segments_that_do_not_tile_the_file_are_not_resumed(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, state: TransferState
+) -> None:
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(data)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data)
+    result = await fetch(session, server.url("/a/x"), out, state=state, options=SEGMENTED)
+    assert "Range" not in server.seen[0].headers  # a fresh GET, not a segment resume
+    assert result.sha256 == sha(data)
+
+
+async def test_segments_resume_where_the_disk_stops_not_where_the_journal_says(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """The journal claims all four quarters half done, the `.part` was cut in the second:
+    the second resumes where the disk stops, the last two from their starts."""
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(data)
+    half = MiB
+    state = _segmented_state(len(data), s0=half, s1=half, s2=half, s3=half)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[: 2 * MiB + 100])
+    result = await fetch(session, server.url("/a/x"), out, state=state, options=SEGMENTED)
+    assert (result.sha256, result.bytes) == (sha(data), len(data))
+    assert sorted(s.headers["Range"] for s in server.seen) == [
+        f"bytes={half}-{2 * MiB - 1}",
+        f"bytes={2 * MiB + 100}-{4 * MiB - 1}",
+        f"bytes={4 * MiB}-{6 * MiB - 1}",
+        f"bytes={6 * MiB}-{8 * MiB - 1}",
+    ]
+    assert result.resumed_from == half + 100
+
+
+async def test_a_segment_resume_with_untouched_segments_fetches_only_those(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(data)
+    state = _segmented_state(len(data), s0=2 * MiB, s1=2 * MiB)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[: 4 * MiB])
+    result = await fetch(session, server.url("/a/x"), out, state=state, options=SEGMENTED)
+    assert result.sha256 == sha(data)
+    assert sorted(s.headers["Range"] for s in server.seen) == [
+        f"bytes={4 * MiB}-{6 * MiB - 1}",
+        f"bytes={6 * MiB}-{8 * MiB - 1}",
+    ]
+
+
+async def test_a_segment_of_a_file_of_another_size_resets_every_segment(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(body(9 * MiB))  # same ETag, another length
+    state = _segmented_state(len(data), s0=2 * MiB, s1=2 * MiB, s3=2 * MiB)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data)
+    calls = Calls()
+    with pytest.raises(IntegrityError, match="does not match"):
+        await fetch(session, server.url("/a/x"), out, state=state, calls=calls, options=SEGMENTED)
+    assert (calls.last.segments, calls.last.done) == ((), 0)
+
+
+@pytest.mark.parametrize(
+    ("status", "why"), [(200, "HTTP 200 to a segment range"), (416, "HTTP 416")]
+)
+async def test_a_segment_answered_200_or_416_resets_every_segment(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, status: int, why: str
+) -> None:
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(data, ignore_range=status == 200, status_for_start={4 * MiB: status})
+    state = _segmented_state(len(data), s0=2 * MiB, s1=2 * MiB, s3=2 * MiB)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data)
+    calls = Calls()
+    with pytest.raises(IntegrityError, match=why):
+        await fetch(session, server.url("/a/x"), out, state=state, calls=calls, options=SEGMENTED)
+    assert (calls.last.segments, calls.last.done) == ((), 0)
+    assert (out.path / "GettyImages-1.jpg.part").stat().st_size == 0
+
+
+async def test_a_refused_segment_wins_over_a_cut_one(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """Two segments fail: one cut (retryable), one refused as expired (not retryable). The
+    attempt fails with the refusal, which stops the retries, not with the cut."""
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(
+        data,
+        cut_start=2 * MiB,
+        cut_after=MiB,
+        status_for_start={4 * MiB: 403},
+        error_type="application/xml",
+        error_body=b"<Error><Code>AccessDenied</Code></Error>",
+    )
+    with pytest.raises(UriExpiredError):
+        await fetch(session, server.url("/a/x"), out, options=SEGMENTED)
+
+
+async def test_a_first_segment_that_is_an_error_page_is_refused(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = b"<!DOCTYPE html><html>" + body(4 * MiB)
+    server.assets["x"] = Asset(data, content_type=None)
+    with pytest.raises(IntegrityError, match="error page"):
+        await fetch(session, server.url("/a/x"), out, options=SEGMENTED)
+
+
+async def test_later_segments_are_not_sniffed_for_markup(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """Bytes in the middle of a file may look like anything; only its start is sniffed."""
+    data = bytearray(body(4 * MiB))
+    data[MiB : MiB + 6] = b"<html>"
+    data[2 * MiB : 2 * MiB + 6] = b"<html>"
+    server.assets["x"] = Asset(bytes(data), content_type=None, close_delimited=0)
+    result = await fetch(session, server.url("/a/x"), out, options=SEGMENTED)
+    assert result.sha256 == sha(bytes(data))
+
+
+async def test_bytes_after_a_cut_close_delimited_body_are_not_sniffed_for_markup(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = bytearray(body(2 * MiB))
+    data[MiB : MiB + 6] = b"<html>"
+    server.assets["x"] = Asset(bytes(data), content_type=None, close_delimited=2, cut_after=MiB)
+    result = await fetch(session, server.url("/a/x"), out)
+    assert result.sha256 == sha(bytes(data))
+
+
+async def test_two_segments_of_unequal_length_are_each_read_to_their_end(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(2 * MiB + 1)
+    server.assets["x"] = Asset(data)
+    options = TransferOptions(segments=2, segment_threshold=MiB)
+    result = await fetch(session, server.url("/a/x"), out, options=options)
+    assert (result.sha256, result.bytes) == (sha(data), len(data))
+
+
+async def test_a_failed_segmented_attempt_leaves_no_hashing_task_behind(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.assets["x"] = Asset(body(8 * MiB), cut_start=4 * MiB, cut_after=MiB)
+    with pytest.raises(ReadError):
+        await fetch(session, server.url("/a/x"), out, options=SEGMENTED)
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() if "HashFollower" in repr(t.get_coro())]
+    assert [t for t in left if not t.done()] == []
