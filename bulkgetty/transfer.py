@@ -303,7 +303,10 @@ class _Attempt:
             self.state = TransferState(name=got)
 
     def _adopt_headers(self, resp: aiohttp.ClientResponse, total: int | None, done: int) -> None:
-        """Fix the name, length and validators from accepted response headers; report them."""
+        """Fix the name, length and validators from accepted response headers; report them.
+
+        `total` is the full length when known (always, for a 206); a 200 starts afresh.
+        """
         headers = resp.headers
         fresh = resp.status == 200  # a full body: its headers replace everything known
         old = TransferState() if fresh else self.state
@@ -314,11 +317,10 @@ class _Attempt:
             self.wanted = safe_name(raw, asset_id=self.asset_id, content_type=content_type)
         self.state = replace(
             self.state,
-            total=total if total is not None else old.total,
+            total=total,
             etag=headers.get("ETag") or old.etag,
             last_modified=headers.get("Last-Modified") or old.last_modified,
             content_type=content_type,
-            segments=(),
             done=done,
         )
         self._emit()
@@ -334,8 +336,7 @@ class _Attempt:
         at = [w.position for w in self.writers] if positions is None else positions
         if self.state.segments:
             segs = tuple(
-                replace(s, done=pos - s.start)
-                for s, pos in zip(self.state.segments, at, strict=True)
+                replace(s, done=at[i] - s.start) for i, s in enumerate(self.state.segments)
             )
             self.state = replace(self.state, segments=segs, done=sum(s.done for s in segs))
         elif at:
@@ -364,7 +365,10 @@ class _Attempt:
             positions = [w.position for w in self.writers]
             self.claiming = asyncio.create_task(self._sync_then_emit(positions))
 
-    async def _sync_then_emit(self, positions: Sequence[int]) -> None:
+    async def _sync_then_emit(self, positions: Sequence[int] | None = None) -> None:
+        """Sync, then report `positions` (default: the writers' positions before the sync)."""
+        if positions is None:
+            positions = [w.position for w in self.writers]
         if self.options.durable and self.writers:
             try:
                 await self.writers[0].part.datasync()
@@ -383,7 +387,6 @@ class _Attempt:
     async def _commit_new_part(self) -> None:
         """The first state of a new `.part` (name, validators), committed before its bytes."""
         if self.on_new_part is not None:
-            self.unreported = 0
             await self.on_new_part(self.state)
 
     async def _reset(self, part: PartFile | NewPart | None, message: str) -> IntegrityError:
@@ -545,10 +548,8 @@ class _Attempt:
                 raise IntegrityError(f"empty body from {_where(resp)}: not media")
             if unframed:
                 await self._confirm_length(resp, writer, hasher)
+            # Every framing above ends the body where the file does: this is the length.
             total = writer.position + writer.pending
-            if self.state.total is not None and total != self.state.total:
-                await self._save_progress()
-                raise await self._reset(part, f"got {total} bytes, expected {self.state.total}")
         except BaseException:
             await self._save_progress()
             raise
@@ -763,7 +764,7 @@ class _Attempt:
                     if self.follower is not None:
                         self.follower.poke()
                     self.on_progress(written)
-        await self._sync_then_emit([w.position for w in self.writers])
+        await self._sync_then_emit()
 
     async def _finish(
         self,
