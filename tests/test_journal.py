@@ -986,3 +986,122 @@ async def test_a_full_disk_commit_is_retried_once_the_reserve_is_given_back(
             await aj.call(acquire_on_a_full_disk)
     finally:
         await aj.close()
+
+
+# ------------------------------------------------------------------ AsyncJournal lifecycle
+
+
+async def test_async_journal_refuses_calls_once_closed(tmp_path: Path) -> None:
+    aj = await AsyncJournal.open(tmp_path)
+    await aj.close()
+    with pytest.raises(JournalError, match=r"^the journal is closed$"):
+        await aj.call(aj.journal.begin_run, "m")
+
+
+async def test_async_journal_thread_is_named_and_never_keeps_the_process_alive(
+    tmp_path: Path,
+) -> None:
+    aj = await AsyncJournal.open(tmp_path)
+    try:
+        [thread] = [t for t in threading.enumerate() if t.name == "bulkgetty-journal"]
+        assert thread.daemon
+    finally:
+        await aj.close()
+
+
+async def test_async_journal_passes_keyword_arguments(tmp_path: Path) -> None:
+    aj = await AsyncJournal.open(tmp_path)
+    try:
+        run = await aj.call(aj.journal.begin_run, "m")
+        [a] = await aj.call(aj.journal.upsert, [Asset("1")], run)
+        await aj.call(aj.journal.record_done, a.key, path="1.jpg", size=3, sha256="0" * 64)
+        rec = await aj.call(aj.journal.get, a.key)
+        assert rec is not None and (rec.path, rec.bytes) == ("1.jpg", 3)
+    finally:
+        await aj.close()
+
+
+async def test_async_journal_close_runs_alone_after_the_calls_queued_before_it(
+    tmp_path: Path,
+) -> None:
+    """Closing the database inside a group transaction would fail the group's commit (and
+    the calls in it): close() waits for the calls queued before it and then runs on its own."""
+    aj = await AsyncJournal.open(tmp_path)
+    run = await aj.call(aj.journal.begin_run, "m")
+    [a] = await aj.call(aj.journal.upsert, [Asset("1")], run)
+    started, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(10)
+
+    blocker = asyncio.ensure_future(aj.call(hold))
+    assert await asyncio.to_thread(started.wait, 10)
+    intent = asyncio.ensure_future(aj.call(aj.journal.record_intent, a.key))
+    closing = asyncio.ensure_future(aj.close())
+    await asyncio.sleep(0)  # close() queues its call
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker, intent, closing), 10)
+    j = Journal(tmp_path)
+    try:
+        rec = j.get(a.key)
+        assert rec is not None and rec.state is AssetState.INTENT
+    finally:
+        j.close()
+
+
+async def test_async_journal_futures_are_retrieved_without_asyncio_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every call's future is retrieved by a callback: no "exception in callback" and no
+    "never retrieved" noise, even for a failure whose caller is gone."""
+    aj = await AsyncJournal.open(tmp_path)
+    gate = threading.Event()
+
+    def fail_later() -> None:
+        gate.wait(10)
+        raise JournalError("late")
+
+    try:
+        with caplog.at_level("ERROR", logger="asyncio"):
+            assert await aj.call(aj.journal.begin_run, "m") == 1
+            task = asyncio.ensure_future(aj.call(fail_later))
+            await asyncio.sleep(0.01)
+            task.cancel()
+            gate.set()
+            assert await aj.call(aj.journal.begin_run, "m") == 2  # after fail_later ran
+            await asyncio.sleep(0)
+    finally:
+        gate.set()
+        await aj.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_staged_refusals_are_written_by_flush(tmp_path: Path) -> None:
+    aj = await AsyncJournal.open(tmp_path)
+    try:
+        run = await aj.call(aj.journal.begin_run, "m")
+        a, b = await aj.call(aj.journal.upsert, assets(2), run)
+        aj.stage_waiting(a.key, "cap reached")
+        aj.drop_progress(b.key)  # nothing staged for it: no error
+        await aj.flush()
+        rec = await aj.call(aj.journal.get, a.key)
+        assert rec is not None and (rec.state, rec.error) == (
+            AssetState.WAITING_FOR_QUOTA,
+            "cap reached",
+        )
+    finally:
+        await aj.close()
+
+
+def test_get_of_an_unknown_key_is_none(journal: Journal) -> None:
+    assert journal.get("image/unknown") is None
+
+
+def test_any_reserve_left_counts_as_given_back(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    try:
+        (tmp_path / STATE_DIR / "reserve").write_bytes(b"x")
+        assert j.release_reserve() is True
+    finally:
+        j.close()
