@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("module", help="a module of bulkgetty, e.g. retry (bulkgetty/retry.py)")
     parser.add_argument("--max-children", type=int, default=1, help="mutmut workers (default 1)")
     parser.add_argument("--quiet", action="store_true", help="list survivors without their diff")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="keep the last run of this module and try only its survivors again (after adding "
+        "tests; quicker, but a fresh run is the figure to quote)",
+    )
     args = parser.parse_args(argv)
     source = Path("bulkgetty") / f"{args.module}.py"
     tests = Path("tests") / f"test_{args.module}.py"
@@ -44,12 +50,27 @@ def main(argv: list[str] | None = None) -> int:
     for path in (source, tests):
         if not path.is_file():
             parser.error(f"{path} does not exist")
-    shutil.rmtree("mutants", ignore_errors=True)
-    _run_mutmut(source, tests, args.max_children)
+    again = _survivors(source) if args.survivors else []
+    if not again:
+        shutil.rmtree("mutants", ignore_errors=True)
+    _run_mutmut(source, tests, args.max_children, again)
     return _report(source, tests, show_diffs=not args.quiet)
 
 
-def _run_mutmut(source: Path, tests: Path, max_children: int) -> None:
+def _survivors(source: Path) -> list[str]:
+    """The mutants of `source` that the last run left alive (none if it was another module)."""
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.stats import status_by_exit_code
+
+    if not (Path("mutants") / f"{source}.meta").is_file():
+        return []
+    data = SourceFileMutationData(path=source)
+    data.load()
+    codes = data.exit_code_by_key.items()
+    return sorted(name for name, code in codes if status_by_exit_code[code] not in KILLED)
+
+
+def _run_mutmut(source: Path, tests: Path, max_children: int, names: list[str]) -> None:
     from mutmut.__main__ import _run
     from mutmut.configuration import config
 
@@ -57,7 +78,7 @@ def _run_mutmut(source: Path, tests: Path, max_children: int) -> None:
     cfg.only_mutate = [str(source)]
     cfg.pytest_add_cli_args_test_selection = [str(tests)]
     try:
-        _run((), max_children)
+        _run(names, max_children)
     except SystemExit as exc:  # mutmut exits on a failing clean run; say so, keep the code
         if exc.code not in (0, None):
             raise
