@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import gc
 import os
 import signal
 import sqlite3
@@ -22,6 +24,7 @@ import pytest
 from bulkgetty.assets import Asset
 from bulkgetty.errors import BulkGettyError, DiskFullError, JournalError
 from bulkgetty.journal import (
+    GROUP_LIMIT,
     NETWORK_FILESYSTEMS,
     RESERVE_BYTES,
     STATE_DIR,
@@ -716,10 +719,12 @@ def test_totals_of_one_run_count_only_that_run(journal: Journal) -> None:
 
 _MOUNTS = """\
 /dev/sda1 / ext4 rw 0 0
-server:/export /nonexistent-bg/nfs nfs4 rw 0 0
+bad-line
+server:/export /nonexistent-bg/nfs nfs4
 //host/share /nonexistent-bg/nfs/with\\040space cifs rw 0 0
 tmpfs /nonexistent-bg/nf tmpfs rw 0 0
-bad-line
+over /nonexistent-bg/nf overlay rw 0 0
+box /nonexistent-bg/BOX xfs rw 0 0
 """
 
 
@@ -746,7 +751,8 @@ def mounts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ("/nonexistent-bg/nfs", "nfs4"),
         ("/nonexistent-bg/nfs/deep/er", "nfs4"),
         ("/nonexistent-bg/nfsx", "ext4"),  # a longer name, not inside the mount
-        ("/nonexistent-bg/nf/x", "tmpfs"),
+        ("/nonexistent-bg/nf/x", "overlay"),  # mounted over the tmpfs: the later one counts
+        ("/nonexistent-bg/BOX/a", "xfs"),
         ("/nonexistent-bg/nfs/with space/x", "cifs"),  # \040 is a space in mounts
     ],
 )
@@ -770,7 +776,7 @@ def test_journal_mode_is_wal_locally_and_delete_on_a_network_filesystem(
     assert journal_mode_for(Path("/home/x")) == "WAL"
     assert journal_mode_for(Path("/nonexistent-bg/nfs/x")) == "DELETE"
     assert journal_mode_for(Path("/nonexistent-bg/nfs/with space")) == "DELETE"  # cifs
-    assert journal_mode_for(Path("/nonexistent-bg/nf")) == "WAL"  # tmpfs is local
+    assert journal_mode_for(Path("/nonexistent-bg/nf")) == "WAL"  # overlay is local
     assert "nfs4" in NETWORK_FILESYSTEMS and "ext4" not in NETWORK_FILESYSTEMS
     monkeypatch.setenv("BULKGETTY_JOURNAL_MODE", " delete ")
     assert journal_mode_for(Path("/home/x")) == "DELETE"
@@ -1071,6 +1077,8 @@ async def test_async_journal_futures_are_retrieved_without_asyncio_errors(
             gate.set()
             assert await aj.call(aj.journal.begin_run, "m") == 2  # after fail_later ran
             await asyncio.sleep(0)
+            del task
+            gc.collect()  # an unretrieved failure is reported when its future is collected
     finally:
         gate.set()
         await aj.close()
@@ -1105,3 +1113,83 @@ def test_any_reserve_left_counts_as_given_back(tmp_path: Path) -> None:
         assert j.release_reserve() is True
     finally:
         j.close()
+
+
+async def test_a_group_carries_at_most_group_limit_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst bigger than GROUP_LIMIT is split: the first caller waits for one bounded
+    commit, not for the whole burst."""
+    aj = await AsyncJournal.open(tmp_path)
+    groups: list[int] = []
+    real_group = aj.journal.group
+
+    @contextlib.contextmanager
+    def counting_group() -> Iterator[None]:
+        groups.append(0)
+        with real_group():
+            yield
+
+    def member() -> None:
+        groups[-1] += 1
+
+    monkeypatch.setattr(aj.journal, "group", counting_group)
+    started, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(10)
+
+    try:
+        blocker = asyncio.ensure_future(aj.call(hold))
+        assert await asyncio.to_thread(started.wait, 10)
+        burst = [asyncio.ensure_future(aj.call(member)) for _ in range(GROUP_LIMIT + 3)]
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(blocker, *burst), 20)
+        assert groups == [GROUP_LIMIT, 3]
+    finally:
+        gate.set()
+        monkeypatch.setattr(aj.journal, "group", real_group)
+        await aj.close()
+
+
+async def test_a_failure_other_than_a_full_disk_keeps_the_reserve(tmp_path: Path) -> None:
+    aj = await AsyncJournal.open(tmp_path)
+    calls = 0
+
+    def broken() -> None:
+        nonlocal calls
+        calls += 1
+        raise JournalError("inconsistent")
+
+    try:
+        with pytest.raises(JournalError):
+            await aj.call(broken)
+        assert calls == 1
+        assert (tmp_path / STATE_DIR / "reserve").stat().st_size == RESERVE_BYTES
+    finally:
+        await aj.close()
+
+
+def test_update_of_unknown_asset_names_it(journal: Journal) -> None:
+    with pytest.raises(JournalError, match=r"^journal has no asset 'image/nope'$"):
+        journal.record_failed("image/nope", "x")
+
+
+def test_closing_twice_is_harmless_and_marks_the_journal_closed(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.close()
+    assert j.closed
+    j.close()
+
+
+def test_a_lock_holder_that_wrote_no_pid_is_named_unknown(tmp_path: Path) -> None:
+    """Refused all the same, naming the holder "unknown" (e.g. a holder killed mid-write)."""
+    (tmp_path / STATE_DIR).mkdir()
+    fd = os.open(tmp_path / STATE_DIR / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(JournalError, match=r"another bulkgetty run \(pid unknown\)"):
+            Journal(tmp_path)
+    finally:
+        os.close(fd)
