@@ -34,7 +34,9 @@ KILLED = frozenset({"killed", "timeout", "caught by type check", "segfault"})
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mutation", description=__doc__)
-    parser.add_argument("module", help="a module of bulkgetty, e.g. retry (bulkgetty/retry.py)")
+    parser.add_argument(
+        "module", help="a module or package of bulkgetty, e.g. retry (bulkgetty/retry.py)"
+    )
     parser.add_argument("--max-children", type=int, default=1, help="mutmut workers (default 1)")
     parser.add_argument("--quiet", action="store_true", help="list survivors without their diff")
     parser.add_argument(
@@ -44,38 +46,55 @@ def main(argv: list[str] | None = None) -> int:
         "tests; quicker, but a fresh run is the figure to quote)",
     )
     args = parser.parse_args(argv)
-    source = Path("bulkgetty") / f"{args.module}.py"
-    tests = Path("tests") / f"test_{args.module}.py"
     os.chdir(ROOT)
-    for path in (source, tests):
-        if not path.is_file():
-            parser.error(f"{path} does not exist")
-    again = _survivors(source) if args.survivors else []
+    sources = _sources(args.module)
+    tests = Path("tests") / f"test_{args.module}.py"
+    if not sources:
+        parser.error(f"bulkgetty/{args.module}.py (or a package of that name) does not exist")
+    if not tests.is_file():
+        parser.error(f"{tests} does not exist")
+    again = _survivors(sources) if args.survivors else []
     if not again:
         shutil.rmtree("mutants", ignore_errors=True)
-    _run_mutmut(source, tests, args.max_children, again)
-    return _report(source, tests, show_diffs=not args.quiet)
+    _run_mutmut(sources, tests, args.max_children, again)
+    return _report(sources, args.module, tests, show_diffs=not args.quiet)
 
 
-def _survivors(source: Path) -> list[str]:
-    """The mutants of `source` that the last run left alive (none if it was another module)."""
+def _sources(module: str) -> list[Path]:
+    """bulkgetty/MODULE.py, or every module of the package bulkgetty/MODULE/."""
+    single = Path("bulkgetty") / f"{module}.py"
+    if single.is_file():
+        return [single]
+    return sorted((Path("bulkgetty") / module).glob("*.py"))
+
+
+def _statuses(sources: list[Path]) -> dict[str, tuple[Path, str]]:
+    """Every mutant of `sources` from mutmut's last run: (its file, its status)."""
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.stats import status_by_exit_code
 
-    if not (Path("mutants") / f"{source}.meta").is_file():
-        return []
-    data = SourceFileMutationData(path=source)
-    data.load()
-    codes = data.exit_code_by_key.items()
-    return sorted(name for name, code in codes if status_by_exit_code[code] not in KILLED)
+    out: dict[str, tuple[Path, str]] = {}
+    for source in sources:
+        if not (Path("mutants") / f"{source}.meta").is_file():
+            continue
+        data = SourceFileMutationData(path=source)
+        data.load()
+        for name, code in data.exit_code_by_key.items():
+            out[name] = (source, status_by_exit_code[code])
+    return out
 
 
-def _run_mutmut(source: Path, tests: Path, max_children: int, names: list[str]) -> None:
+def _survivors(sources: list[Path]) -> list[str]:
+    """The mutants that the last run left alive (none if it was another module)."""
+    return sorted(name for name, (_, status) in _statuses(sources).items() if status not in KILLED)
+
+
+def _run_mutmut(sources: list[Path], tests: Path, max_children: int, names: list[str]) -> None:
     from mutmut.__main__ import _run
     from mutmut.configuration import config
 
     cfg = config()
-    cfg.only_mutate = [str(source)]
+    cfg.only_mutate = [str(source) for source in sources]
     cfg.pytest_add_cli_args_test_selection = [str(tests)]
     try:
         _run(names, max_children)
@@ -84,27 +103,24 @@ def _run_mutmut(source: Path, tests: Path, max_children: int, names: list[str]) 
             raise
 
 
-def _report(source: Path, tests: Path, *, show_diffs: bool) -> int:
-    from mutmut.mutation.data import SourceFileMutationData
+def _report(sources: list[Path], module: str, tests: Path, *, show_diffs: bool) -> int:
     from mutmut.mutation.diff_apply import get_diff_for_mutant
-    from mutmut.stats import status_by_exit_code
 
-    data = SourceFileMutationData(path=source)
-    data.load()
-    statuses = {name: status_by_exit_code[code] for name, code in data.exit_code_by_key.items()}
+    statuses = _statuses(sources)
     total = len(statuses)
-    killed = sum(status in KILLED for status in statuses.values())
-    survivors = sorted(name for name, status in statuses.items() if status not in KILLED)
-    diffs = {name: get_diff_for_mutant(name, path=source) for name in survivors}
+    killed = sum(status in KILLED for _, status in statuses.values())
+    survivors = sorted(name for name, (_, status) in statuses.items() if status not in KILLED)
+    diffs = {name: get_diff_for_mutant(name, path=statuses[name][0]) for name in survivors}
     messages = [name for name in survivors if _only_strings_changed(diffs[name])]
     print()
     for name in survivors:
         tag = " (message)" if name in messages else ""
-        print(f"{statuses[name]}{tag}: {name}")
+        print(f"{statuses[name][1]}{tag}: {name}")
         if show_diffs:
             print("    " + "\n    ".join(diffs[name].splitlines()[2:]))
     print()
-    print(f"{source} against {tests}: {killed}/{total} mutants killed, {_pct(killed, total)}")
+    what = str(sources[0]) if len(sources) == 1 else f"bulkgetty/{module}/ ({len(sources)} files)"
+    print(f"{what} against {tests}: {killed}/{total} mutants killed, {_pct(killed, total)}")
     rest = total - len(messages)
     print(f"  message-string mutants aside: {killed}/{rest}, {_pct(killed, rest)}")
     return 0

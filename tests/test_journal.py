@@ -881,6 +881,7 @@ async def _grouped(
     blocker = asyncio.ensure_future(aj.call(hold))
     assert await asyncio.to_thread(started.wait, 10)
     pending = [asyncio.ensure_future(aj.call(fn, key)) for fn, key in calls]
+    await asyncio.sleep(0)  # every call is queued before the thread is let go
     gate.set()
     await blocker
     out: list[BaseException] = []
@@ -1144,6 +1145,7 @@ async def test_a_group_carries_at_most_group_limit_calls(
         blocker = asyncio.ensure_future(aj.call(hold))
         assert await asyncio.to_thread(started.wait, 10)
         burst = [asyncio.ensure_future(aj.call(member)) for _ in range(GROUP_LIMIT + 3)]
+        await asyncio.sleep(0)  # every call is queued before the thread is let go
         gate.set()
         await asyncio.wait_for(asyncio.gather(blocker, *burst), 20)
         assert groups == [GROUP_LIMIT, 3]
