@@ -112,7 +112,8 @@ def fatal_text(exc: BulkGettyError, redact: Callable[[str], str]) -> str:
     text = f"bulkgetty: error: {redact(str(exc))}"
     if isinstance(exc, DiskFullError):
         text += (
-            "\nbulkgetty: free some space, then run the same command again: the journal is "
+            "\nbulkgetty: the disk is full: free some space, then run the same command again: the "
+            "journal is "
             "consistent and partial files are kept"
         )
     return text

@@ -9,6 +9,7 @@ The stages themselves are in pipeline.py, one asset's steps in steps.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -246,7 +247,11 @@ class Downloader:
             await self._stages(ctx, rows if unique else _unique(rows), run_id)
         finally:
             await self._drain_purchases()
-            ctx.report.close()
+            try:
+                ctx.report.close()
+            except StorageError:
+                if ctx.fatal is None:
+                    raise
             await self._flush_journal(ctx)
         return await self._finish_run(ctx, run_id)
 
@@ -263,7 +268,9 @@ class Downloader:
         except BulkGettyError as error:
             await self._stopped_by(ctx, error)
         if ctx.fatal is not None and ctx.spent_or_maybe():
-            await pipeline.report_unprocessed(source)
+            # The full disk that stopped the run may take no report either: say why it stopped.
+            with contextlib.suppress(StorageError):
+                await pipeline.report_unprocessed(source)
         await self._flush_journal(ctx)
         if ctx.fatal is None:  # after a fatal stop, a `.part` may still be the journal's
             await _sweep_orphan_parts(self.journal, self.out)
