@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -810,7 +811,7 @@ class _Attempt:
         """GET with redirects followed here: hop limit, loop detection, scheme check."""
         url = self.uri
         seen = {url}
-        for hop in range(self.options.max_redirects + 1):
+        for hop in itertools.count():
             resp = await map_errors(partial(self._request, url, headers))
             if resp.status not in _REDIRECT_CODES:
                 return resp
@@ -825,7 +826,7 @@ class _Attempt:
             if url in seen:
                 raise RedirectError(f"redirect loop back to {redact_url(url)}")
             seen.add(url)
-        raise AssertionError("unreachable")
+        raise AssertionError("itertools.count() never ends")
 
     async def _request(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         return await self.session.get(_as_url(url), headers=headers, allow_redirects=False)

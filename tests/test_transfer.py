@@ -35,6 +35,7 @@ from bulkgetty.transfer import (
     TransferOptions,
     TransferResult,
     TransferState,
+    _as_url,
     transfer,
 )
 
@@ -1404,6 +1405,8 @@ async def test_segments_that_do_not_tile_the_file_are_not_resumed(
     result = await fetch(session, server.url("/a/x"), out, state=state, options=SEGMENTED)
     assert "Range" not in server.seen[0].headers  # a fresh GET, not a segment resume
     assert result.sha256 == sha(data)
+    if state.name is not None:  # the name is kept: its `.part` is this asset's
+        assert result.name == state.name
 
 
 async def test_segments_resume_where_the_disk_stops_not_where_the_journal_says(
@@ -1621,3 +1624,136 @@ async def test_a_200_starts_afresh_a_206_keeps_what_its_headers_lack(
     calls = Calls()
     await fetch(session, server.url("/a/z"), out, calls=calls, owner="o3")
     assert calls.states[0].last_modified == stamp
+
+
+# ------------------------------------------------- names, redirects, URLs, segmenting
+
+
+def test_a_signed_url_is_sent_byte_for_byte_and_only_a_raw_one_is_quoted() -> None:
+    """A signature's escapes (even lower-case ones) must reach the host as signed."""
+    signed = "https://d.example/a%2fb.jpg?sig=x%2by%3d&exp=1"
+    assert str(_as_url(signed)) == signed
+    assert str(_as_url("https://d.example/é.jpg")) == "https://d.example/%C3%A9.jpg"
+    assert str(_as_url("https://d.example/a b.jpg")) == "https://d.example/a%20b.jpg"
+    assert str(_as_url("https://d.example/a\tb.jpg")) == "https://d.example/a%09b.jpg"
+
+
+async def test_a_redirect_loop_that_does_not_return_to_the_start_is_refused(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    server.redirects["s"] = (302, "/r/b" + SIG)
+    server.redirects["b"] = (302, "/r/c" + SIG)
+    server.redirects["c"] = (302, "/r/b" + SIG)
+    with pytest.raises(RedirectError, match="redirect loop back to"):
+        await fetch(session, server.url("/r/s"), out)
+    assert len(server.seen) == 3
+
+
+async def test_a_transfer_holds_its_name_while_it_runs_and_gives_it_back_when_done(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(3 * MiB)
+    server.assets["x"] = Asset(data)
+    held: list[bool] = []
+
+    def check(state: TransferState) -> None:
+        if state.name is not None:
+            held.append(state.name not in out.candidates(state.name, "another asset"))
+
+    result = await fetch(session, server.url("/a/x"), out, calls=Calls(check=check))
+    assert held and all(held)
+    assert out.candidates(result.name, "another asset")[0] == result.name
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["single", "segments"])
+async def test_a_resume_whose_final_name_is_taken_meanwhile_finishes_under_the_next_one(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir, segmented: bool
+) -> None:
+    """Someone puts a file at NAME while the `.part` is being finished: it is never
+    replaced; the asset ends as `NAME (2).ext`."""
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(data)
+    name = "GettyImages-1.jpg"
+    (out.path / f"{name}.part").write_bytes(data[: 2 * MiB])
+    if segmented:
+        state = _segmented_state(len(data), s0=2 * MiB)
+    else:
+        state = TransferState(name=name, total=len(data), etag='"v1"', done=2 * MiB)
+
+    def squat(_: TransferState) -> None:
+        if not (out.path / name).exists():
+            (out.path / name).write_bytes(b"the user's own file")
+
+    options = SEGMENTED if segmented else TransferOptions()
+    calls = Calls(check=squat)
+    result = await fetch(
+        session, server.url("/a/x"), out, state=state, calls=calls, options=options
+    )
+    assert (result.name, result.sha256) == ("GettyImages-1 (2).jpg", sha(data))
+    assert "Range" in server.seen[0].headers  # it did resume
+    assert (out.path / name).read_bytes() == b"the user's own file"
+
+
+async def test_a_journal_name_taken_by_a_finished_file_is_not_resumed_into(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data)
+    (out.path / "GettyImages-1.jpg").write_bytes(b"another asset's file")
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:MiB])
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=MiB)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert "Range" not in server.seen[0].headers
+    assert (result.name, result.sha256) == ("GettyImages-1 (2).jpg", sha(data))
+
+
+async def test_bytes_on_disk_past_the_journal_are_dropped(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """The `.part` holds more than the journal claims (unsynced, never confirmed)."""
+    data = body(2 * MiB)
+    server.assets["x"] = Asset(data)
+    (out.path / "GettyImages-1.jpg.part").write_bytes(data[:MiB] + b"\0" * (MiB // 2))
+    state = TransferState(name="GettyImages-1.jpg", total=len(data), etag='"v1"', done=MiB)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert server.seen[0].headers["Range"] == f"bytes={MiB}-"
+    assert result.path.read_bytes() == data
+
+
+async def test_a_200_to_a_resume_replaces_a_longer_part_entirely(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """The file changed and is now shorter than what is on disk: nothing stale is left."""
+    data = body(MiB + 17)
+    server.assets["x"] = Asset(data, etag='"v2"')
+    (out.path / "GettyImages-1.jpg.part").write_bytes(body(2 * MiB))
+    state = TransferState(name="GettyImages-1.jpg", total=3 * MiB, etag='"v1"', done=2 * MiB)
+    result = await fetch(session, server.url("/a/x"), out, state=state)
+    assert server.seen[0].status == 200
+    assert result.path.read_bytes() == data
+    assert (result.refetched, result.bytes) == (2 * MiB, len(data))
+
+
+@pytest.mark.parametrize(
+    ("size", "options", "requests"),
+    [
+        (MiB, SEGMENTED, 4),  # exactly the threshold
+        (MiB - 1, SEGMENTED, 1),
+        (4 * MiB, TransferOptions(segments=1, segment_threshold=MiB), 1),
+        (3, TransferOptions(segments=4, segment_threshold=1), 1),  # fewer bytes than segments
+    ],
+    ids=["threshold", "below", "one segment", "tiny"],
+)
+async def test_which_files_are_segmented(
+    server: Server,
+    session: aiohttp.ClientSession,
+    out: OutputDir,
+    size: int,
+    options: TransferOptions,
+    requests: int,
+) -> None:
+    data = body(size)
+    server.assets["x"] = Asset(data)
+    result = await fetch(session, server.url("/a/x"), out, options=options)
+    assert (result.sha256, result.bytes) == (sha(data), size)
+    assert len(server.seen) == requests
