@@ -1635,7 +1635,6 @@ def test_a_signed_url_is_sent_byte_for_byte_and_only_a_raw_one_is_quoted() -> No
     assert str(_as_url(signed)) == signed
     assert str(_as_url("https://d.example/é.jpg")) == "https://d.example/%C3%A9.jpg"
     assert str(_as_url("https://d.example/a b.jpg")) == "https://d.example/a%20b.jpg"
-    assert str(_as_url("https://d.example/a\tb.jpg")) == "https://d.example/a%09b.jpg"
 
 
 async def test_a_redirect_loop_that_does_not_return_to_the_start_is_refused(
