@@ -98,7 +98,7 @@ def check_content_range(
     if resp.status != 206 or match is None or match.group(3) == "*":
         raise IntegrityError(f"expected 206 bytes {start}-, got {resp.status} {header!r} ({at})")
     first, end, full = int(match.group(1)), int(match.group(2)), int(match.group(3))
-    want_last = last if last is not None else (total if total is not None else full) - 1
+    want_last = last if last is not None else full - 1
     if first != start or end != want_last or (total is not None and full != total):
         raise IntegrityError(f"Content-Range {header!r} does not match bytes {start}-{want_last}")
     if end >= full:

@@ -79,6 +79,9 @@ def test_redact_url_drops_query_and_userinfo() -> None:
     assert (
         redact_url("https://u:p@h.example:8443/p/x.jpg?sig=S#f") == "https://h.example:8443/p/x.jpg"
     )
+    assert redact_url("https://h.example/p.jpg?sig=S") == "https://h.example/p.jpg"
+    assert redact_url("http://[::1]:8080/p.jpg?sig=S") == "http://[::1]:8080/p.jpg"
+    assert redact_url("file:///p.jpg") == "file:///p.jpg"
 
 
 class _Transport:
@@ -231,6 +234,7 @@ async def test_a_4xx_is_uri_expired_only_when_it_is_an_error_document(
         await served(canned, raise_for_status, status, page, Content_Type=content_type)
     assert isinstance(caught.value, UriExpiredError) is expired
     assert caught.value.retryable is not expired
+    assert f"HTTP {status}" in str(caught.value) and "127.0.0.1" in str(caught.value)
 
 
 @pytest.mark.parametrize("status", [200, 206])
@@ -312,3 +316,67 @@ async def test_a_second_copy_confirms_only_the_same_bytes(canned: tuple[str, Can
     assert await served(canned, same(len(data) - 1, digest), 200, data) is False
     other = data[:-1] + b"x"
     assert await served(canned, same(len(data), digest), 200, other) is False
+
+
+async def test_a_second_copy_is_compared_over_all_its_reads(canned: tuple[str, Canned]) -> None:
+    data = bytes(range(256)) * (12 * 1024)  # 3 MiB: several reads
+    digest = hashlib.sha256(data).hexdigest()
+    ok = await served(canned, lambda resp: same_body(resp, len(data), digest), 200, data)
+    assert ok is True
+
+
+def test_an_empty_content_encoding_is_identity() -> None:
+    assert content_length(answer(200, Content_Length="12", Content_Encoding=" ")) == 12
+
+
+def test_only_the_first_64_bytes_are_sniffed_for_markup() -> None:
+    untyped = answer(200)
+    sniff_error_page(b" " * 60 + b"<html>", untyped)
+    with pytest.raises(IntegrityError):
+        sniff_error_page(b" " * 59 + b"<html>", untyped)
+
+
+async def test_an_error_page_names_its_type_and_where_it_came_from(
+    canned: tuple[str, Canned],
+) -> None:
+    with pytest.raises(IntegrityError, match=r"error page \(text/html\), not media: http") as c:
+        await served(canned, refuse_error_page, 200, b"x", Content_Type="text/html; a=1; b=2")
+    assert "SECRET" not in str(c.value)
+    with pytest.raises(UriExpiredError, match=r"access-denied page \(https://delivery"):
+        sniff_error_page(b"<?xml version='1.0'?><Error>AccessDenied</Error>", answer(200))
+
+
+def test_a_206_error_names_the_answer() -> None:
+    with pytest.raises(IntegrityError, match=r"past the end \(https://delivery\.example/f\.jpg\)"):
+        check_content_range(answer(206, Content_Range="bytes 0-1000/1000"), 0, 1000, None)
+
+
+async def test_an_untyped_4xx_page_that_starts_like_markup_far_in_is_not_a_document(
+    canned: tuple[str, Canned],
+) -> None:
+    page = b" " * 60 + b"<html>gone</html>"
+    with pytest.raises(DeliveryError) as caught:
+        await served(canned, raise_for_status, 404, page, Content_Type="text/plain")
+    assert not isinstance(caught.value, UriExpiredError)
+
+
+class _Raising:
+    def __init__(self, transport: object, error: BaseException | None = None) -> None:
+        self.transport, self.error = transport, error
+
+    def exception(self) -> BaseException | None:
+        return self.error
+
+
+def test_surplus_is_seen_only_where_it_can_be() -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    assert surplus_after_body(None) is False
+    assert surplus_after_body(cast(Any, _Raising(None, BadHttpMessage("junk")))) is True
+    assert surplus_after_body(cast(Any, _Raising(None))) is False
+    no_socket = _Transport(cast(socket.socket, None), tls=False)
+    assert surplus_after_body(cast(Any, _Raising(no_socket))) is False
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        quiet = _Transport(ours, tls=False)
+        assert surplus_after_body(cast(Any, _Raising(quiet))) is False  # nothing waiting
