@@ -570,12 +570,12 @@ async def acquire_urls(
     api_url: str, env: dict[str, str], assets: list[tuple[str, str]]
 ) -> list[str]:
     """Buy every asset once through bulkgetty's own API client (the sandbox's quota is free)."""
-    from bulkgetty.api import GettyClient
     from bulkgetty.assets import Asset
-    from bulkgetty.auth import Credentials, TokenProvider
-    from bulkgetty.http import Timeouts, new_session
-    from bulkgetty.ratelimit import RateLimiter
-    from bulkgetty.retry import RetryPolicy
+    from bulkgetty.getty.api import GettyClient
+    from bulkgetty.getty.auth import Credentials, TokenProvider
+    from bulkgetty.getty.http import Timeouts, new_session
+    from bulkgetty.getty.ratelimit import RateLimiter
+    from bulkgetty.getty.retry import RetryPolicy
 
     limiter = RateLimiter(None)
     policy = RetryPolicy()

@@ -2,7 +2,8 @@
 
 Why one module against one file: a test file should prove what its module does; a mutant
 killed only by some distant end-to-end test is a behaviour nobody checks on purpose. So
-`bulkgetty/MODULE.py` is mutated and only `tests/test_MODULE.py` may kill its mutants.
+`bulkgetty/MODULE.py` is mutated and only its mirror `tests/.../test_NAME.py` may kill its
+mutants (MODULE is a path below bulkgetty/, e.g. `stages/transfer`; tests mirror that layout).
 
 Why a script and not plain `mutmut run`: mutmut 3 reads one configuration (pyproject's
 `[tool.mutmut]`, shared by every module) and has no option to choose the module or the test
@@ -35,7 +36,9 @@ KILLED = frozenset({"killed", "timeout", "caught by type check", "segfault"})
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mutation", description=__doc__)
     parser.add_argument(
-        "module", help="a module or package of bulkgetty, e.g. retry (bulkgetty/retry.py)"
+        "module",
+        help="a module or package below bulkgetty/, e.g. getty/retry (bulkgetty/getty/retry.py, "
+        "tested by tests/getty/test_retry.py)",
     )
     parser.add_argument("--max-children", type=int, default=1, help="mutmut workers (default 1)")
     parser.add_argument("--quiet", action="store_true", help="list survivors without their diff")
@@ -47,17 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.chdir(ROOT)
-    sources = _sources(args.module)
-    tests = Path("tests") / f"test_{args.module}.py"
+    module = args.module.replace(".", "/")
+    sources = _sources(module)
+    parent, _, leaf = module.rpartition("/")
+    tests = Path("tests") / parent / f"test_{leaf}.py"
     if not sources:
-        parser.error(f"bulkgetty/{args.module}.py (or a package of that name) does not exist")
+        parser.error(f"bulkgetty/{module}.py (or a package of that name) does not exist")
     if not tests.is_file():
         parser.error(f"{tests} does not exist")
     again = _survivors(sources) if args.survivors else []
     if not again:
         shutil.rmtree("mutants", ignore_errors=True)
     _run_mutmut(sources, tests, args.max_children, again)
-    return _report(sources, args.module, tests, show_diffs=not args.quiet)
+    return _report(sources, module, tests, show_diffs=not args.quiet)
 
 
 def _sources(module: str) -> list[Path]:

@@ -198,7 +198,7 @@ def limiter_precision(dsn: str, rate: float, workers: int, slots: int) -> str:
     can; the achieved rate is measured between the first and the last slot."""
     import asyncio
 
-    from bulkgetty.ledger import SharedRateLimiter, init_ledger
+    from bulkgetty.stages.ledger.store import SharedRateLimiter, init_ledger
 
     _reset_ledger(dsn)
     init_ledger(dsn, [], downloads_remaining=0, api_rate=rate)

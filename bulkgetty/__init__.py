@@ -8,12 +8,14 @@ the terminal display: `RunDisplay`, one more listener of the events):
         result = await d.run(assets)
 """
 
-from .assets import PRODUCT_TYPES, Asset, AssetType
-from .auth import Credentials
-from .config import DEFAULT_API_URL, RunOptions
-from .connect import open_client
-from .engine import Downloader, RunResult, run
-from .errors import (
+from bulkgetty.assets import PRODUCT_TYPES, Asset, AssetType
+from bulkgetty.cli.progress import RunDisplay
+from bulkgetty.commands.history import HistoryFilter, history_to_manifest
+from bulkgetty.commands.plan import PlanEstimate, ProductPlan, estimate
+from bulkgetty.commands.search import search_to_manifest
+from bulkgetty.commands.status import JournalStatus, journal_status
+from bulkgetty.config import DEFAULT_API_URL, RunOptions
+from bulkgetty.errors import (
     ApiError,
     AuthenticationError,
     BulkGettyError,
@@ -35,7 +37,7 @@ from .errors import (
     UriExpiredError,
     UsageError,
 )
-from .events import (
+from bulkgetty.events import (
     EVENT_SCHEMA,
     EVENT_SCHEMA_VERSION,
     AssetAcquired,
@@ -49,15 +51,17 @@ from .events import (
     RunFinished,
     RunStarted,
 )
-from .history import HistoryFilter, history_to_manifest
-from .manifest import ManifestDefaults, ManifestRow, read_manifest, validate_manifest
-from .plan import PlanEstimate, ProductPlan, estimate
-from .progress import RunDisplay
-from .report import RunSummary, Status
-from .search import search_to_manifest
-from .status import JournalStatus, journal_status
-
-__version__ = "0.1.0"
+from bulkgetty.getty.auth import Credentials
+from bulkgetty.getty.connect import open_client
+from bulkgetty.stages.engine import Downloader, RunResult, run
+from bulkgetty.stages.manifest import (
+    ManifestDefaults,
+    ManifestRow,
+    read_manifest,
+    validate_manifest,
+)
+from bulkgetty.stages.report import RunSummary, Status
+from bulkgetty.version import __version__ as __version__
 
 __all__ = (
     "DEFAULT_API_URL",

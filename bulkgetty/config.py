@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from bulkgetty.errors import UsageError
 
 __all__ = (
     "DEFAULT_API_RATE",

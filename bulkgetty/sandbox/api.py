@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..assets import PRODUCT_TYPES, Asset
+from bulkgetty.assets import PRODUCT_TYPES, Asset
+
 from . import metadata
 from .catalogue import exists
 from .common import (

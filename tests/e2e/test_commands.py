@@ -28,7 +28,7 @@ import jsonschema
 import pytest
 
 import bulkgetty
-from bulkgetty.cli import build_parser
+from bulkgetty.cli.main import build_parser
 from bulkgetty.events import EVENT_KINDS, EVENT_SCHEMA
 from bulkgetty.sandbox import Product, SandboxConfig, SandboxThread
 from tests.harness import REPO, clean_env, cli, command, report, sha256, write_ids

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bulkgetty import cli, files, journal
+from bulkgetty.cli import main as cli
+from bulkgetty.stages import files, journal
 
 
 def _killer(nth: int) -> Callable[[], None]:

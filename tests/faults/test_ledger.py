@@ -11,7 +11,7 @@ import pytest
 from bulkgetty.sandbox import Faults, SandboxConfig, SandboxThread
 from tests.faults.conftest import Audit, Matrix, audit
 from tests.harness import clean_env, report
-from tests.test_ledger import (
+from tests.stages.test_ledger import (
     QPS,
     WHY_NOT,
     dsn,  # noqa: F401 - fixtures, used by name

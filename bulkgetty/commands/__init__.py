@@ -1,0 +1,1 @@
+"""The commands around a run, as functions: plan, status, history, search."""
