@@ -40,6 +40,7 @@ __all__ = (
     "lapsed_workers",
     "pg_message",
     "reconnecting",
+    "reconnecting_methods",
 )
 
 T = TypeVar("T")
@@ -171,6 +172,22 @@ def reconnecting(fn: Callable[Concatenate[L, P], T]) -> Callable[Concatenate[L, 
     return wrapped
 
 
+C = TypeVar("C", bound=type)
+
+
+def reconnecting_methods(*names: str) -> Callable[[C], C]:
+    """Class decorator: these methods become `reconnecting`. (Not one decorator per method:
+    mutmut skips decorated functions, and these are the ledger's money paths.)"""
+
+    def wrap(cls: C) -> C:
+        for name in names:
+            setattr(cls, name, reconnecting(vars(cls)[name]))
+        return cls
+
+    return wrap
+
+
+@reconnecting_methods("_register", "renew")
 class WorkerLease:
     """This worker's row in `bulkgetty_workers`: the identity its claims carry."""
 
@@ -179,7 +196,6 @@ class WorkerLease:
         self.seconds = seconds
         self.id = self._register(name)
 
-    @reconnecting
     def _register(self, name: str) -> int:
         row = self.link.db.execute(
             "INSERT INTO bulkgetty_workers (name, lease_until) "
@@ -198,7 +214,6 @@ class WorkerLease:
             (self.seconds, self.id),
         )
 
-    @reconnecting
     def renew(self) -> None:
         """Called every `seconds / RENEWALS_PER_LEASE` by the worker while it runs."""
         with self.link.db.transaction():

@@ -63,7 +63,7 @@ from bulkgetty.stages.ledger.lease import (
     Link,
     WorkerLease,
     lapsed_workers,
-    reconnecting,
+    reconnecting_methods,
 )
 from bulkgetty.stages.ledger.rate import SharedRateLimiter
 from bulkgetty.stages.ledger.tables import LEASE_META, SCHEMA, asset_json, init_ledger
@@ -142,6 +142,33 @@ class LedgerBudget:
         self.spent = spent
 
 
+@reconnecting_methods(
+    "_check_tables",
+    "claim",
+    "next_takeover",
+    "begin_run",
+    "finish_run",
+    "read_meta",
+    "bind_meta",
+    "budget",
+    "upsert",
+    "record_intent",
+    "record_acquired",
+    "record_not_spent",
+    "record_in_doubt",
+    "record_spent_without_uri",
+    "record_cleared_doubt",
+    "record_done",
+    "record_uri_refused",
+    "record_failed",
+    "record_waiting_many",
+    "save_progress",
+    "iter_records",
+    "locations",
+    "totals",
+    "part_names_in_use",
+    "uses_name",
+)
 class Ledger:
     """One worker's connection to the ledger; use it from one thread (AsyncLedger does).
 
@@ -178,7 +205,6 @@ class Ledger:
             self.close()
             raise
 
-    @reconnecting
     def _check_tables(self) -> float:
         """The lease the team's ledger sets, once its tables are known to be there."""
         row = self._db.execute(
@@ -239,7 +265,6 @@ class Ledger:
 
     # claims ----------------------------------------------------------------------------
 
-    @reconnecting
     def claim(self, limit: int = CLAIM_BATCH) -> list[Record]:
         """Take up to `limit` unfinished assets no live worker holds; keep them until we exit.
 
@@ -274,7 +299,6 @@ class Ledger:
             ).fetchall()
         return sorted((_record(r) for r in rows), key=lambda r: r.key)
 
-    @reconnecting
     def next_takeover(self) -> float | None:
         """Seconds until a lapsed worker's POST in doubt may be taken over; None if no
         unfinished asset waits on a lapsed lease (the rest are free or held by live workers)."""
@@ -289,7 +313,6 @@ class Ledger:
 
     # runs and meta ---------------------------------------------------------------------
 
-    @reconnecting
     def begin_run(self, manifest: str) -> int:
         with self._tx() as db:
             row = db.execute(
@@ -300,19 +323,16 @@ class Ledger:
         assert row is not None
         return int(row[0])
 
-    @reconnecting
     def finish_run(self, run_id: int, *, spends: int, exit_code: int) -> None:
         self._db.execute(
             "UPDATE bulkgetty_runs SET finished = %s, spends = %s, exit_code = %s WHERE id = %s",
             (time.time(), spends, exit_code, run_id),
         )
 
-    @reconnecting
     def read_meta(self) -> dict[str, str]:
         rows = self._db.execute("SELECT name, value FROM bulkgetty_meta").fetchall()
         return {name: value for name, value in rows}
 
-    @reconnecting
     def bind_meta(self, meta: Mapping[str, str]) -> None:
         """As `Journal.bind_meta`: the first writer records, later ones must match."""
         with self._tx() as db:
@@ -327,14 +347,12 @@ class Ledger:
                 if row is not None and row[0] != value:
                     raise JournalError(f"the ledger was set up with {name} {row[0]}, not {value}")
 
-    @reconnecting
     def budget(self) -> LedgerBudget:
         row = self._db.execute("SELECT remaining, spent FROM bulkgetty_budget").fetchone()
         return LedgerBudget(int(row[0]), int(row[1])) if row else LedgerBudget(0, 0)
 
     # assets ----------------------------------------------------------------------------
 
-    @reconnecting
     def upsert(self, assets: Iterable[Asset], run_id: int) -> list[Record]:
         """Mark our claimed assets as this run's and return them; rows not in the ledger are
         added and claimed. An asset held by another live worker is refused, never shared."""
@@ -405,7 +423,6 @@ class Ledger:
             (key,),
         )
 
-    @reconnecting
     def record_intent(self, key: str) -> None:
         """Committed before the POST leaves, with the budget reserved in the same transaction."""
         with self._tx() as db:
@@ -419,7 +436,6 @@ class Ledger:
                 (time.time(),),
             )
 
-    @reconnecting
     def record_acquired(self, key: str, uri: str, expires: float) -> None:
         """A URI that arrived is kept whoever holds the asset now (it was paid for), and the
         asset is ours again to download. Run again after a commit whose answer was lost, it
@@ -440,13 +456,11 @@ class Ledger:
                 (uri, expires, time.time(), self.me),
             )
 
-    @reconnecting
     def record_not_spent(self, key: str, state: AssetState, error: str | None) -> None:
         with self._tx() as db:
             self._give_back(db, key)
             self._set(db, key, "state = %s, error = %s, holds_budget = false", (state.value, error))
 
-    @reconnecting
     def record_in_doubt(self, key: str, error: str) -> None:
         with self._tx() as db:
             self._set(db, key, "state = 'in_doubt', error = %s", (error,))
@@ -466,7 +480,6 @@ class Ledger:
             )
         return str(row[0]) in ("intent", "in_doubt")
 
-    @reconnecting
     def record_spent_without_uri(self, key: str, error: str) -> None:
         with self._tx() as db:
             if not self._open_post(db, key):
@@ -480,7 +493,6 @@ class Ledger:
                 (error,),
             )
 
-    @reconnecting
     def record_cleared_doubt(self, key: str) -> None:
         with self._tx() as db:
             if not self._open_post(db, key):
@@ -488,7 +500,6 @@ class Ledger:
             self._give_back(db, key)
             self._set(db, key, "state = 'pending', error = NULL, holds_budget = false", ())
 
-    @reconnecting
     def record_done(self, key: str, *, path: str, size: int, sha256: str) -> None:
         with self._tx() as db:
             self._set(
@@ -499,19 +510,16 @@ class Ledger:
                 (path, size, sha256, time.time(), self.out_dir),
             )
 
-    @reconnecting
     def record_uri_refused(self, key: str, error: str) -> None:
         with self._tx() as db:
             self._set(
                 db, key, "state = 'failed', uri_expires = %s, error = %s", (time.time(), error)
             )
 
-    @reconnecting
     def record_failed(self, key: str, error: str) -> None:
         with self._tx() as db:
             self._set(db, key, "state = 'failed', error = %s", (error,))
 
-    @reconnecting
     def record_waiting_many(self, reasons: dict[str, str]) -> None:
         if not reasons:
             return
@@ -524,7 +532,6 @@ class Ledger:
                 [(reason, now, key) for key, reason in reasons.items()],
             )
 
-    @reconnecting
     def save_progress(self, states: dict[str, bytes]) -> None:
         if not states:
             return
@@ -547,7 +554,6 @@ class Ledger:
 
     # reading ---------------------------------------------------------------------------
 
-    @reconnecting
     def iter_records(self, run_id: int | None = None, batch: int = 1000) -> Iterator[Record]:
         last = ""
         where = "" if run_id is None else "AND run_id = %s"
@@ -563,7 +569,6 @@ class Ledger:
             yield from map(_record, rows)
             last = rows[-1][0]
 
-    @reconnecting
     def locations(self) -> dict[str, str]:
         """key -> host:/folder of every finished asset (for the ledger's report)."""
         rows = self._db.execute(
@@ -571,7 +576,6 @@ class Ledger:
         ).fetchall()
         return {k: v for k, v in rows}
 
-    @reconnecting
     def totals(self, run_id: int | None = None) -> RunTotals:
         where, params = ("", ()) if run_id is None else ("WHERE run_id = %s", (run_id,))
         rows = self._db.execute(
@@ -592,7 +596,6 @@ class Ledger:
             in_doubt=by_state.get("in_doubt", 0) + by_state.get("intent", 0),
         )
 
-    @reconnecting
     def part_names_in_use(self) -> set[str]:
         rows = self._db.execute(
             "SELECT transfer FROM bulkgetty_assets WHERE state <> 'done' "
