@@ -363,13 +363,11 @@ class _Attempt:
         """
         self.unreported = 0
         if self.claiming is None or self.claiming.done():
-            positions = [w.position for w in self.writers]
-            self.claiming = asyncio.create_task(self._sync_then_emit(positions))
+            self.claiming = asyncio.create_task(self._sync_then_emit())
 
-    async def _sync_then_emit(self, positions: Sequence[int] | None = None) -> None:
-        """Sync, then report `positions` (default: the writers' positions before the sync)."""
-        if positions is None:
-            positions = [w.position for w in self.writers]
+    async def _sync_then_emit(self) -> None:
+        """Sync, then report where the writers were when the sync began (not later)."""
+        positions = [w.position for w in self.writers]
         if self.options.durable and self.writers:
             try:
                 await self.writers[0].part.datasync()
