@@ -18,7 +18,7 @@ from bulkgetty.errors import (
     ReadError,
     ServerError,
 )
-from bulkgetty.getty.retry import RetryPolicy, with_retries
+from bulkgetty.getty.retry import RetryNotice, RetryPolicy, with_retries
 
 NOW = 1_800_000_000.0
 
@@ -282,3 +282,29 @@ def test_policy_is_a_frozen_value() -> None:
     policy = RetryPolicy()
     with pytest.raises(AttributeError):
         policy.attempts = 9  # type: ignore[misc]
+
+
+async def test_with_retries_tells_on_retry_of_every_retry_before_its_wait() -> None:
+    """A person sees each failure as it happens: the error, the try that failed, the tries
+    allowed and the wait, before the wait."""
+    events: list[object] = []
+    errors = [ConnectError("refused 1"), ConnectError("refused 2")]
+
+    async def fn() -> str:
+        if errors:
+            raise errors[0]
+        return "ok"
+
+    async def sleep(seconds: float) -> None:
+        events.append(seconds)
+        errors.pop(0)
+
+    policy = RetryPolicy(attempts=3, backoff_base=1.0, jitter=False, on_retry=events.append)
+    first, second = errors
+    assert await with_retries(policy, fn, sleep=sleep) == "ok"
+    assert events == [
+        RetryNotice(first, 1, 3, 1.0),
+        1.0,
+        RetryNotice(second, 2, 3, 2.0),
+        2.0,
+    ]
