@@ -176,6 +176,9 @@ def test_a_repeated_commit_counts_one_spend_and_one_reservation(dsn: str, tmp_pa
     assert budget_row(dsn) == (4, 1) and asset_row(dsn, k1)[2] == 1
     led.record_acquired(k1, "http://x/2", time.time() + 60)  # a second purchase does count
     assert budget_row(dsn) == (3, 2) and asset_row(dsn, k1)[:3] == ("acquired", "http://x/2", 2)
+    led.record_done(k1, path="a.jpg", size=1, sha256="0" * 64)
+    led.record_acquired(k1, "http://x/2", time.time() + 60)  # its answer lost after the file
+    assert budget_row(dsn) == (3, 2) and asset_row(dsn, k1)[:3] == ("done", "http://x/2", 2)
     led.record_intent(k2)
     led.record_in_doubt(k2, "timeout")
     for _ in range(2):
