@@ -1,5 +1,5 @@
 """The journal: what has been bought, where its bytes are, and what is done. The only package
-that touches the SQLite database (the team's PostgreSQL ledger is ledger.py).
+that touches the SQLite database (the team's PostgreSQL ledger is stages/ledger/).
 
     records.py      AssetState, Record, RunTotals: what one asset's row says
     storage.py      the state folder: private files, the lock, the reserve, WAL or not

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bulkgetty.stages.journal.records import Record
-from bulkgetty.stages.journal.sqlite import COLUMNS, Journal, _record
+from bulkgetty.stages.journal.records import COLUMNS, Record, record_from_row
+from bulkgetty.stages.journal.sqlite import Journal
 
 __all__ = ("RunRow", "failure_counts", "iter_done", "runs", "waiting_reasons")
 
@@ -61,5 +61,5 @@ def iter_done(journal: Journal, batch: int = 1000) -> Iterator[Record]:
         if not rows:
             return
         for row in rows:
-            yield _record(row)
+            yield record_from_row(row)
         last = rows[-1][0]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+import orjson
 
 from bulkgetty.assets import Asset
 
-__all__ = ("AssetState", "Record", "RunTotals")
+__all__ = ("COLUMNS", "AssetState", "Record", "RunTotals", "asset_json", "record_from_row")
+
+#: The columns `record_from_row` reads, in its order; the same in SQLite and PostgreSQL.
+COLUMNS = (
+    "key, asset, state, uri, uri_expires, transfer, path, bytes, sha256, error, spends, "
+    "attempts, intent_at, acquired_at"
+)
 
 
 class AssetState(StrEnum):
@@ -54,3 +64,28 @@ class RunTotals:
     spends: int
     bytes_done: int
     in_doubt: int
+
+
+def asset_json(asset: Asset) -> bytes:
+    """An asset as both databases store it: its fields that are set, as JSON."""
+    return orjson.dumps({k: getattr(asset, k) for k in Asset.__slots__ if getattr(asset, k)})
+
+
+def record_from_row(row: Sequence[Any]) -> Record:
+    """One row of `SELECT COLUMNS` (journal or ledger) as a `Record`."""
+    return Record(
+        key=row[0],
+        asset=Asset(**orjson.loads(row[1])),
+        state=AssetState(row[2]),
+        uri=row[3],
+        uri_expires=row[4],
+        transfer=row[5],
+        path=row[6],
+        bytes=row[7],
+        sha256=row[8],
+        error=row[9],
+        spends=row[10],
+        attempts=row[11],
+        intent_at=row[12],
+        acquired_at=row[13],
+    )

@@ -13,13 +13,19 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
 from bulkgetty.assets import Asset
 from bulkgetty.errors import JournalError
-from bulkgetty.stages.journal.records import AssetState, Record, RunTotals
+from bulkgetty.stages.journal.records import (
+    COLUMNS,
+    Record,
+    RunTotals,
+    asset_json,
+    record_from_row,
+)
 from bulkgetty.stages.journal.storage import (
     STATE_DIR,
     journal_mode_for,
@@ -66,38 +72,6 @@ CREATE TABLE IF NOT EXISTS assets (
 );
 CREATE INDEX IF NOT EXISTS assets_run ON assets (run_id);
 """
-
-COLUMNS = (
-    "key, asset, state, uri, uri_expires, transfer, path, bytes, sha256, error, spends, "
-    "attempts, intent_at, acquired_at"
-)
-
-
-def _asset_to_json(asset: Asset) -> bytes:
-    return orjson.dumps({k: getattr(asset, k) for k in Asset.__slots__ if getattr(asset, k)})
-
-
-def _asset_from_json(data: bytes) -> Asset:
-    return Asset(**orjson.loads(data))
-
-
-def _record(row: Sequence[Any]) -> Record:
-    return Record(
-        key=row[0],
-        asset=_asset_from_json(row[1]),
-        state=AssetState(row[2]),
-        uri=row[3],
-        uri_expires=row[4],
-        transfer=row[5],
-        path=row[6],
-        bytes=row[7],
-        sha256=row[8],
-        error=row[9],
-        spends=row[10],
-        attempts=row[11],
-        intent_at=row[12],
-        acquired_at=row[13],
-    )
 
 
 class Journal(AssetTransitions):
@@ -234,7 +208,7 @@ class Journal(AssetTransitions):
         what makes a rerun spend nothing twice.
         """
         now = time.time()
-        rows = [(a.key, _asset_to_json(a), now, run_id) for a in assets]
+        rows = [(a.key, asset_json(a), now, run_id) for a in assets]
         with self._tx() as db:
             db.executemany(
                 "INSERT INTO assets (key, asset, state, updated, run_id) "
@@ -252,7 +226,7 @@ class Journal(AssetTransitions):
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
             cur = self._db.execute(f"SELECT {COLUMNS} FROM assets WHERE key IN ({marks})", chunk)
-            out.extend(_record(row) for row in cur)
+            out.extend(record_from_row(row) for row in cur)
         return out
 
     def get(self, key: str) -> Record | None:
@@ -274,7 +248,7 @@ class Journal(AssetTransitions):
             if not rows:
                 return
             for row in rows:
-                yield _record(row)
+                yield record_from_row(row)
             last = rows[-1][0]
 
     def totals(self, run_id: int | None = None) -> RunTotals:

@@ -62,8 +62,11 @@ def private_file(path: Path) -> None:
         os.close(fd)
 
 
-def take_lock(state_dir: Path, out_dir: Path) -> int:
-    """Hold an exclusive lock for the life of the run; a second run fails at once."""
+def take_lock(
+    state_dir: Path, out_dir: Path, advice: str = "wait for it to finish or stop it first"
+) -> int:
+    """Hold an exclusive lock for the life of the run; a second run fails at once (and is
+    told `advice`). The team ledger's workers take the same lock on their folders."""
     lock_path = state_dir / "lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -72,8 +75,7 @@ def take_lock(state_dir: Path, out_dir: Path) -> int:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise JournalError(
-            f"another bulkgetty run (pid {holder}) is using {out_dir}; "
-            "wait for it to finish or stop it first"
+            f"another bulkgetty run (pid {holder}) is using {out_dir}; {advice}"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

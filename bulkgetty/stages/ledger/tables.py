@@ -6,14 +6,14 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-import orjson
 import psycopg
 
 from bulkgetty.assets import Asset
 from bulkgetty.errors import JournalError, UsageError
+from bulkgetty.stages.journal.records import asset_json
 from bulkgetty.stages.ledger.lease import WORKERS_SCHEMA, connect, pg_message
 
-__all__ = ("LEASE_META", "SCHEMA", "asset_json", "init_ledger")
+__all__ = ("LEASE_META", "SCHEMA", "init_ledger")
 
 SCHEMA: Final = (
     """
@@ -69,10 +69,6 @@ CREATE INDEX IF NOT EXISTS bulkgetty_assets_open ON bulkgetty_assets (key) WHERE
 
 #: bulkgetty_meta's name for the team's lease (`ledger init --lease`).
 LEASE_META: Final = "worker_lease"
-
-
-def asset_json(asset: Asset) -> bytes:
-    return orjson.dumps({k: getattr(asset, k) for k in Asset.__slots__ if getattr(asset, k)})
 
 
 def init_ledger(
