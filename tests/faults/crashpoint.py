@@ -7,8 +7,8 @@ Points: `before_rename:N` / `after_rename:N` (around the Nth `.part` -> final re
 its COMMIT, whether the journal commits one call or a group of them), `part_write:N` (right
 before the Nth batch of bytes is written into any `.part`).
 
-Test-only: it patches private names of the installed package (`files._rename_noreplace`,
-`files._write_chunks`, `Journal._db`); if they move, the crash tests fail loudly instead of
+Test-only: it patches private names of the installed package (`files.writes._rename_noreplace`,
+`files.writes._write_chunks`, `Journal._db`); if they move, the crash tests fail loudly instead of
 testing nothing.
 """
 
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bulkgetty.cli import main as cli
-from bulkgetty.stages import files, journal
+from bulkgetty.stages import journal
+from bulkgetty.stages.files import writes as files
 
 
 def _killer(nth: int) -> Callable[[], None]:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bulkgetty.errors import StorageError
-from bulkgetty.stages import files
 from bulkgetty.stages.files import (
     HashFollower,
     NewPart,
@@ -21,6 +20,7 @@ from bulkgetty.stages.files import (
     parse_content_disposition,
     safe_name,
     sha256_file,
+    writes,
 )
 
 JPEG = "image/jpeg"
@@ -274,7 +274,7 @@ async def test_finish_never_overwrites_an_existing_file(tmp_path: Path) -> None:
 async def test_finish_without_renameat2_uses_link(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(files, "_renameat2", None)
+    monkeypatch.setattr(writes, "_renameat2", None)
     out = OutputDir(tmp_path)
     part = await open_part(out, "a.jpg", size=None, resume=False)
     await part.write_at(0, b"data")
@@ -461,7 +461,7 @@ async def test_new_part_finish_looks_past_the_first_batch_of_taken_names(tmp_pat
     for name in taken:
         (tmp_path / name).write_bytes(b"not ours")
     part = NewPart(out, "x.jpg", "a")
-    tail = files._Batch(0, [b"ours"], 4)
+    tail = writes._Batch(0, [b"ours"], 4)
     path = await part.finish(durable=False, tail=tail)
     assert path.name not in taken
     assert path.name == "x (19).jpg"
@@ -495,7 +495,7 @@ async def test_new_part_finish_looks_past_the_first_batch_of_taken_names(tmp_pat
     ],
 )
 def test_plain_names_take_the_fast_path_only_when_the_full_rules_keep_them(raw: str) -> None:
-    import bulkgetty.stages.files as files
+    import bulkgetty.stages.files.names as files
 
     full = files._clean_component("/" + raw)  # a slash first: never the fast path
     assert files._clean_component(raw) == full
@@ -508,7 +508,7 @@ def test_large_batches_start_their_writeback_at_once(
 ) -> None:
     """The final fsync of a big file then finds little left to write (about 7% off a durable
     4 x 256 MiB run here); small batches are left to the kernel."""
-    import bulkgetty.stages.files as files
+    import bulkgetty.stages.files.writes as files
 
     calls: list[tuple[int, int, int, int]] = []
     monkeypatch.setattr(files, "_sync_file_range", lambda *args: calls.append(args) or 0)

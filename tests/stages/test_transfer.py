@@ -28,9 +28,9 @@ from bulkgetty.errors import (
     UsageError,
 )
 from bulkgetty.getty.http import Timeouts, new_session
-from bulkgetty.stages import files
 from bulkgetty.stages import transfer as transfer_module
 from bulkgetty.stages.files import OutputDir
+from bulkgetty.stages.files import writes as files
 from bulkgetty.stages.transfer import (
     Segment,
     TransferOptions,
