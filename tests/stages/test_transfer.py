@@ -28,7 +28,6 @@ from bulkgetty.errors import (
     UsageError,
 )
 from bulkgetty.getty.http import Timeouts, new_session
-from bulkgetty.stages import transfer as transfer_module
 from bulkgetty.stages.files import OutputDir
 from bulkgetty.stages.files import writes as files
 from bulkgetty.stages.transfer import (
@@ -36,9 +35,10 @@ from bulkgetty.stages.transfer import (
     TransferOptions,
     TransferResult,
     TransferState,
-    _as_url,
     transfer,
 )
+from bulkgetty.stages.transfer import attempt as transfer_module
+from bulkgetty.stages.transfer.redirects import _as_url
 
 MiB = 2**20
 SIG = "?v=1&k=2&sig=TOPSECRET"

@@ -34,24 +34,19 @@ import itertools
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urljoin
 
 import aiohttp
-import orjson
 from aiohttp.client_proto import ResponseHandler
-from yarl import URL
 
 from bulkgetty.errors import (
     BulkGettyError,
     IntegrityError,
-    JournalError,
     ReadError,
     RedirectError,
-    UsageError,
 )
-from bulkgetty.getty.http import check_url_scheme, map_errors
+from bulkgetty.getty.http import map_errors
 from bulkgetty.stages.files import (
     WRITE_BATCH,
     HashFollower,
@@ -64,6 +59,18 @@ from bulkgetty.stages.files import (
     sha256_file,
 )
 from bulkgetty.stages.files import parse_content_disposition as _parse_cd
+from bulkgetty.stages.transfer.records import (
+    TransferOptions,
+    TransferResult,
+    TransferState,
+    _split,
+)
+from bulkgetty.stages.transfer.redirects import (
+    _REDIRECT_CODES,
+    _as_url,
+    _check_hop,
+    _refuse_secret_headers,
+)
 from bulkgetty.stages.validate import (
     check_content_range,
     close_delimited,
@@ -79,124 +86,8 @@ from bulkgetty.stages.validate import (
 )
 from bulkgetty.stages.validate import where as _where
 
-__all__ = (
-    "Segment",
-    "TransferOptions",
-    "TransferResult",
-    "TransferState",
-    "redact_url",
-    "transfer",
-)
-
-_REDIRECT_CODES: Final = frozenset({301, 302, 303, 307, 308})
-_SECRET_HEADERS: Final = ("authorization", "api-key")
 #: Report the state to the journal at least this often while streaming.
 _STATE_EVERY: Final = 8 * 2**20
-
-
-# ------------------------------------------------------------------------ data
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One byte range `[start, end)` of a segmented file; `done` bytes from `start` are on disk."""
-
-    start: int
-    end: int  # exclusive
-    done: int = 0
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-    @property
-    def complete(self) -> bool:
-        return self.done >= self.length
-
-
-@dataclass(frozen=True, slots=True)
-class TransferState:
-    """What the journal keeps between attempts and runs to resume a transfer."""
-
-    #: Reserved final file name; the `.part` is name + ".part".
-    name: str | None = None
-    #: Complete length once known (Content-Length, or the total of a Content-Range).
-    total: int | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    content_type: str | None = None
-    #: Empty for a single stream (whose progress is `done`).
-    segments: tuple[Segment, ...] = ()
-    done: int = 0
-
-    def to_json(self) -> bytes:
-        data = {
-            "name": self.name,
-            "total": self.total,
-            "etag": self.etag,
-            "last_modified": self.last_modified,
-            "content_type": self.content_type,
-            "segments": [[s.start, s.end, s.done] for s in self.segments],
-            "done": self.done,
-        }
-        return orjson.dumps(data)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> TransferState:
-        """Parse `to_json` output; JournalError when it is not a transfer state."""
-        try:
-            raw = orjson.loads(data)
-            segments = tuple(Segment(int(a), int(b), int(c)) for a, b, c in raw.get("segments", ()))
-            return cls(
-                name=_opt_str(raw.get("name")),
-                total=_opt_int(raw.get("total")),
-                etag=_opt_str(raw.get("etag")),
-                last_modified=_opt_str(raw.get("last_modified")),
-                content_type=_opt_str(raw.get("content_type")),
-                segments=segments,
-                done=int(raw.get("done") or 0),
-            )
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
-            raise JournalError(f"unreadable transfer state: {exc}") from exc
-
-
-def _opt_str(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _opt_int(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[call-overload]
-
-
-@dataclass(frozen=True, slots=True)
-class TransferOptions:
-    """How one delivery is fetched."""
-
-    #: Ranges per large file; 1 disables segmenting.
-    segments: int = 4
-    #: Only files of at least this many bytes are segmented.
-    segment_threshold: int = 64 * 2**20
-    max_redirects: int = 10
-    #: fsync the file before the rename, and the folder after it.
-    durable: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class TransferResult:
-    """A finished, verified file in the output folder."""
-
-    path: Path
-    name: str
-    bytes: int
-    sha256: str
-    content_type: str | None
-    #: Bytes downloaded again that were already on disk (0 on a clean resume).
-    refetched: int
-    resumed_from: int
 
 
 # -------------------------------------------------------------------- entry point
@@ -242,13 +133,6 @@ async def transfer(
     result = await attempt.run()
     out.release(owner)
     return result
-
-
-def _refuse_secret_headers(session: aiohttp.ClientSession) -> None:
-    """A session with default credentials would send them to the delivery host: refuse it."""
-    present = [h for h in _SECRET_HEADERS if h in session.headers]
-    if present:
-        raise UsageError(f"delivery session must not carry default {', '.join(present)} headers")
 
 
 # ----------------------------------------------------------------------- attempt
@@ -843,25 +727,3 @@ class _Attempt:
         if self.state.total is None:
             raise AssertionError("segments need a known total")
         return self.state.total
-
-
-# ------------------------------------------------------------------- pure helpers
-
-
-def _check_hop(url: str, *, what: str) -> None:
-    try:
-        check_url_scheme(url, what=what)
-    except UsageError as exc:
-        raise RedirectError(str(exc)) from exc
-
-
-def _as_url(url: str) -> URL:
-    """Send a signed URL byte for byte (no re-quoting) when it is already encoded."""
-    if url.isascii() and url.isprintable() and " " not in url:
-        return URL(url, encoded=True)
-    return URL(url)
-
-
-def _split(total: int, count: int) -> tuple[Segment, ...]:
-    size = -(-total // count)
-    return tuple(Segment(start, min(start + size, total)) for start in range(0, total, size))

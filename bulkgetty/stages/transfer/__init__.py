@@ -1,0 +1,24 @@
+"""The delivery stage: GET one signed delivery URI into `NAME.part`, verify it, rename it.
+
+One room per concept: `records` (what an attempt is asked, returns and leaves for resume),
+`redirects` (every hop checked, no secret sent on), `attempt` (single stream, segments,
+resume; its docstring holds the stage's reasons), response checks in `stages/validate.py`.
+"""
+
+from bulkgetty.stages.transfer.attempt import transfer
+from bulkgetty.stages.transfer.records import (
+    Segment,
+    TransferOptions,
+    TransferResult,
+    TransferState,
+)
+from bulkgetty.stages.validate import redact_url
+
+__all__ = (
+    "Segment",
+    "TransferOptions",
+    "TransferResult",
+    "TransferState",
+    "redact_url",
+    "transfer",
+)
