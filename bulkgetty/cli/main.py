@@ -458,7 +458,7 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
             downloader.add_listener(fetch_quota)
 
         def again() -> Iterable[Asset]:  # the manifest once more, for the relicensing check
-            again = manifest_assets(manifest, defaults, summary.unique)
+            again = manifest_assets(manifest, defaults)  # no presized table: often 1 row read
             return spec.select(again) if args.shard else again
 
         await warn_relicensing(downloader, again, emit)

@@ -21,6 +21,7 @@ from bulkgetty.assets import PRODUCT_TYPES, Asset
 from bulkgetty.commands.plan import PRODUCTS_NOT_FOR_THIS_KEY, PlanEstimate, estimate
 from bulkgetty.errors import ApiError, AuthenticationError
 from bulkgetty.getty.api import GettyClient, HistoryItem
+from bulkgetty.stages.decide import Action, decide
 from bulkgetty.stages.journal import Record
 from bulkgetty.stages.manifest import write_manifest
 
@@ -178,8 +179,15 @@ async def relicensing_note(
             licensed=licensed,
         )
 
-    first = await asyncio.to_thread(plan)
-    if not any(p.to_acquire for p in first.products):
+    def buys_any() -> bool:  # stops at the first purchase: a fresh run reads one row
+        now = time.time()
+        return any(
+            decide(r, now=now, out_dir=out_dir, reacquire_expired=reacquire_expired).action
+            is Action.ACQUIRE
+            for r in records()
+        )
+
+    if not await asyncio.to_thread(buys_any):
         return None
     licensed, why = await account_licences(client)
     if licensed is None:

@@ -337,7 +337,7 @@ async def _cap_left(journal: AsyncJournalLike, options: RunOptions) -> int | Non
 
 
 async def _sweep_orphan_parts(journal: AsyncJournalLike, out: OutputDir) -> None:
-    """Remove `.part` files that no unfinished asset can resume into (see files.py)."""
+    """Remove `.part` files that no unfinished asset can resume into (see stages/files/)."""
     keep = await journal.call(journal.journal.part_names_in_use)
     await asyncio.to_thread(out.remove_stale_parts, keep)
 

@@ -147,16 +147,19 @@ def test_sample_manifests_are_valid(name: str) -> None:
 
 MEMORY_PROBE = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     from bulkgetty.stages.manifest import read_manifest
     count = sum(1 for _ in read_manifest(sys.argv[1]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork and exec, so a probe started
+    # by a large pytest process would report the parent's size, not its own.
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     print(count, peak)
     """
 )
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.skipif(sys.platform != "linux", reason="reads VmHWM from /proc (Linux)")
 def test_million_row_manifest_reads_in_flat_memory(tmp_path: Path) -> None:
     """A million unique ids (about 20 MB of text); the only growth is the duplicate table."""
     name = "big.txt"
