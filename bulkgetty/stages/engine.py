@@ -97,14 +97,14 @@ class Downloader:
             raise UsageError(f"cannot use output folder {opts.out_dir}: {exc.strerror}") from exc
         except StorageError as exc:  # read-only, full, not ours: the run cannot start
             raise UsageError(str(exc)) from exc
-        self._journal = await self._open_journal()
+        self._journal = await _open_journal(opts, Path(self.out.path))
         self._stack.push_async_callback(self._journal.close)
         timeouts = Timeouts(connect=opts.connect_timeout, stall=opts.stall_timeout)
         self.api_session = await self._stack.enter_async_context(new_session(timeouts))
         self.delivery_session = await self._stack.enter_async_context(
             new_session(timeouts, limit=max(opts.concurrency * opts.segments, 10))
         )
-        self.limiter = await self._open_limiter()
+        self.limiter = await _open_limiter(opts, self._stack)
         self.tokens = TokenProvider(
             self.api_session,
             self.api_url,
@@ -121,26 +121,6 @@ class Downloader:
             auto_download=opts.auto_download,
         )
         return self
-
-    async def _open_journal(self) -> AsyncJournalLike:
-        """The SQLite journal in DIR, or with `ledger` the team's PostgreSQL ledger."""
-        if self.options.ledger is None:
-            return await AsyncJournal.open(Path(self.out.path))
-        from bulkgetty.stages.ledger.store import AsyncLedger  # psycopg is an optional extra
-
-        return await AsyncLedger.open(
-            self.options.ledger, Path(self.out.path), settle=self.options.history_settle
-        )
-
-    async def _open_limiter(self) -> RateLimiter:
-        """This process's API rate, or with `ledger` the rate all workers share."""
-        if self.options.ledger is None:
-            return RateLimiter(self.options.api_rate)
-        from bulkgetty.stages.ledger.store import SharedRateLimiter
-
-        limiter = await SharedRateLimiter.open(self.options.ledger)
-        self._stack.push_async_callback(limiter.close)
-        return limiter
 
     async def __aexit__(
         self,
@@ -307,21 +287,43 @@ class Downloader:
         except BulkGettyError:
             if ctx.fatal is None:
                 raise
-        self._emit(
-            RunFinished(
-                downloaded=s.downloaded,
-                already_done=s.already_done,
-                failed=s.failed,
-                waiting_for_quota=s.waiting_for_quota,
-                bytes=s.bytes,
-                spends=s.spends,
-                wall=s.wall,
-                exit_code=code,
-            )
-        )
+        self._emit(_finished_event(s, code))
         if ctx.fatal is not None and not ctx.spent_or_maybe():
             raise ctx.fatal
         return RunResult(s, ctx.report.path, code, error=ctx.fatal)
+
+
+async def _open_journal(options: RunOptions, out: Path) -> AsyncJournalLike:
+    """The SQLite journal in DIR, or with `ledger` the team's PostgreSQL ledger."""
+    if options.ledger is None:
+        return await AsyncJournal.open(out)
+    from bulkgetty.stages.ledger.store import AsyncLedger  # psycopg is an optional extra
+
+    return await AsyncLedger.open(options.ledger, out, settle=options.history_settle)
+
+
+async def _open_limiter(options: RunOptions, stack: AsyncExitStack) -> RateLimiter:
+    """This process's API rate, or with `ledger` the rate all workers share."""
+    if options.ledger is None:
+        return RateLimiter(options.api_rate)
+    from bulkgetty.stages.ledger.store import SharedRateLimiter
+
+    limiter = await SharedRateLimiter.open(options.ledger)
+    stack.push_async_callback(limiter.close)
+    return limiter
+
+
+def _finished_event(s: RunSummary, exit_code: int) -> RunFinished:
+    return RunFinished(
+        downloaded=s.downloaded,
+        already_done=s.already_done,
+        failed=s.failed,
+        waiting_for_quota=s.waiting_for_quota,
+        bytes=s.bytes,
+        spends=s.spends,
+        wall=s.wall,
+        exit_code=exit_code,
+    )
 
 
 async def _cap_left(journal: AsyncJournalLike, options: RunOptions) -> int | None:

@@ -37,7 +37,7 @@ from bulkgetty.stages.transfer import (
     TransferState,
     transfer,
 )
-from bulkgetty.stages.transfer import attempt as transfer_module
+from bulkgetty.stages.transfer import tracker as transfer_tracker
 from bulkgetty.stages.transfer.redirects import _as_url
 
 MiB = 2**20
@@ -1096,7 +1096,7 @@ async def test_progress_is_claimed_only_for_bytes_already_fdatasynced(
     """A preallocated `.part` reads back zeros where a power cut lost unsynced writes, so
     no state handed to the journal claims a byte that was not written before an fdatasync:
     not while streaming (the server pauses until a claim shows), not after a failure."""
-    monkeypatch.setattr(transfer_module, "_STATE_EVERY", 2 * MiB)  # every ~2 writes
+    monkeypatch.setattr(transfer_tracker, "_STATE_EVERY", 2 * MiB)  # every ~2 writes
     data = body(12 * MiB)
     server.assets["x"] = Asset(data, stall_after=2 * MiB if segmented else 4 * MiB)
     unsynced: list[tuple[int, int]] = []
