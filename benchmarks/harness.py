@@ -424,6 +424,8 @@ class Run:
     server_cpu: dict[str, float] = field(default_factory=dict)
     api_requests: int | None = None
     rejected_429: int | None = None
+    #: Charged POSTs/s from the first to the last this run made (the limiter's own rate).
+    post_rate: float | None = None
     #: Seconds from the start to the first finished (non-.part) file in the destination.
     first_file_s: float | None = None
     error: str = ""
@@ -518,6 +520,12 @@ def timed_sync() -> float:
     t0 = time.monotonic()
     os.sync()
     return time.monotonic() - t0
+
+
+def _post_rate(times: list[float]) -> float | None:
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def sandbox_state(api_url: str, ca_file: str | None = None) -> dict[str, Any]:
@@ -782,6 +790,7 @@ def one_run(
         state1 = sandbox_state(ctx.api_url, ctx.ca_file)
         run.api_requests = int(state1["api_requests"]) - int(state0["api_requests"])
         run.rejected_429 = int(state1["rejected_429"]) - int(state0["rejected_429"])
+        run.post_rate = _post_rate(state1["spend_times"][len(state0["spend_times"]) :])
     run.files, run.bytes, problem = verify(dest, ctx.files, ctx.file_bytes, expected)
     if code != (s.expect_exit if tool.kind == "bulkgetty" else 0):
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
@@ -852,12 +861,24 @@ def summarize(res: ScenarioResult, s: Scenario, tools: list[Tool]) -> None:
     if s.qps and bg.get("ok"):
         rate = bg["files_per_s"]
         share = bg.get("rejected_429", 0) / max(1, bg.get("api_requests", 1))
+        posts = [r.post_rate for r in res.runs if r.ok and r.tool == "bulkgetty" and r.post_rate]
+        post_rate = round(statistics.median(posts), 2) if posts else None
         res.targets.append(
             {
                 "target": f"api-limited: >= 0.95 x {s.qps:g} assets/s, < 1% 429s",
                 "measured": {"assets_per_s": rate, "share_429": share},
                 "met": rate >= 0.95 * s.qps and share < 0.01,
                 "how": "files / median wall; 429s and API requests from /__sandbox__/state",
+            }
+        )
+        res.targets.append(
+            {
+                "target": f"api-limited: POSTs >= 0.99 x {s.qps:g}/s, first to last, no 429",
+                "measured": {"posts_per_s": post_rate, "rejected_429": bg.get("rejected_429")},
+                "met": post_rate is not None
+                and post_rate >= 0.99 * s.qps
+                and not bg.get("rejected_429"),
+                "how": "median over reps of (charged POSTs - 1) / (last - first), sandbox clock",
             }
         )
     firsts = [r.first_file_s for r in res.runs if r.ok and r.tool == "bulkgetty"]

@@ -473,6 +473,8 @@ async def control_state(request: web.Request) -> web.StreamResponse:
     body = state.stats.as_json()
     body["spends"] = dict(state.spends_by_asset())
     body["remaining"] = {str(k): v for k, v in state.remaining.items()}
+    # When each charged POST was answered (monotonic s): the rate a client held while buying.
+    body["spend_times"] = [s.at for s in state.ledger if s.charged]
     return _json(body)
 
 

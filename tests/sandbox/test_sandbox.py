@@ -827,6 +827,7 @@ async def test_control_state_and_reset_quota(sandbox: Sandbox, session):
     assert state["spends"] == {"image/q1": 1}
     assert state["token_requests"] == 1 and state["api_requests"] == 1
     assert state["remaining"]["1001"] == 999
+    assert len(state["spend_times"]) == 1  # one charged POST, for rate figures
     async with session.post(f"{sandbox.api_url}/__sandbox__/reset_quota") as resp:
         assert resp.status == 200
     assert sandbox.remaining[1001] == 1000
