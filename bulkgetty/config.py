@@ -82,6 +82,9 @@ class RunOptions:
     #: Rows the planner gathers before it looks them up (None: the engine's default). A ledger
     #: worker plans small batches so it claims only what it is about to work on.
     plan_batch: int | None = None
+    #: Worker processes for the transfer stage (stages/workers/); 0: transfers run on the
+    #: main process's event loop. Purchases, the journal and the report stay in this process.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -94,6 +97,8 @@ class RunOptions:
             raise UsageError(f"--segments must be at least 1, got {self.segments}")
         if self.stall_timeout <= 0:
             raise UsageError(f"--stall-timeout must be more than 0, got {self.stall_timeout}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
         if self.history_settle < 0:
             raise UsageError(f"--history-settle must be 0 or more, got {self.history_settle}")
 

@@ -188,6 +188,14 @@ def _add_run(sub: SubParsers) -> None:
         "--no-fsync", action="store_true", help="skip fsync before rename (faster, not durable)"
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker processes that fetch and write files (every core; purchases, journal and "
+        "report stay in the main process); 0: all in the main process",
+    )
+    p.add_argument(
         "--ledger",
         nargs="?",
         const="",
@@ -399,6 +407,7 @@ def run_options(args: argparse.Namespace, rate: float | None) -> RunOptions:
         history_settle=args.history_settle,
         report_path=args.report,
         durable=not args.no_fsync,
+        workers=args.workers,
     )
 
 

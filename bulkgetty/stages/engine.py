@@ -36,6 +36,7 @@ from bulkgetty.stages.files import OutputDir
 from bulkgetty.stages.journal import AsyncJournal
 from bulkgetty.stages.pipeline import Pipeline, Rows, RunContext, aiter_rows
 from bulkgetty.stages.report import Redactor, ReportWriter, RunSummary
+from bulkgetty.stages.workers import WorkerPool
 
 __all__ = ("Downloader", "RunResult", "run")
 
@@ -85,6 +86,7 @@ class Downloader:
         self._stack = AsyncExitStack()
         self._journal: AsyncJournalLike | None = None
         self._ctx: RunContext | None = None
+        self.pool: WorkerPool | None = None
         self.redact = Redactor(credentials.secrets())
 
     # lifecycle -------------------------------------------------------------------------
@@ -101,9 +103,13 @@ class Downloader:
         self._stack.push_async_callback(self._journal.close)
         timeouts = Timeouts(connect=opts.connect_timeout, stall=opts.stall_timeout)
         self.api_session = await self._stack.enter_async_context(new_session(timeouts))
+        limit = max(opts.concurrency * opts.segments, 10)
         self.delivery_session = await self._stack.enter_async_context(
-            new_session(timeouts, limit=max(opts.concurrency * opts.segments, 10))
+            new_session(timeouts, limit=limit)
         )
+        self.pool = _worker_pool(opts, self.out, self._journal, timeouts, limit)
+        if self.pool is not None:
+            self._stack.push_async_callback(self.pool.close)
         self.limiter = await _open_limiter(opts, self._stack)
         self.tokens = TokenProvider(
             self.api_session,
@@ -222,6 +228,8 @@ class Downloader:
             delivery_session=self.delivery_session,
             emit=self._emit,
         )
+        if self.pool is not None:
+            ctx.transfer = self.pool.transfer
         self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
         try:
             await self._stages(ctx, rows if unique else _unique(rows), run_id)
@@ -300,6 +308,21 @@ async def _open_journal(options: RunOptions, out: Path) -> AsyncJournalLike:
     from bulkgetty.stages.ledger.store import AsyncLedger  # psycopg is an optional extra
 
     return await AsyncLedger.open(options.ledger, out, settle=options.history_settle)
+
+
+def _worker_pool(
+    options: RunOptions, out: OutputDir, journal: AsyncJournalLike, timeouts: Timeouts, limit: int
+) -> WorkerPool | None:
+    """`--workers N`: transfers in N processes (started by the first transfer)."""
+    if not options.workers:
+        return None
+    return WorkerPool(
+        options.workers,
+        out=out,
+        timeouts=timeouts,
+        limit=limit,
+        held=lambda: journal.call(journal.journal.part_names_in_use),
+    )
 
 
 async def _open_limiter(options: RunOptions, stack: AsyncExitStack) -> RateLimiter:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -44,6 +44,7 @@ from bulkgetty.stages.files import OutputDir
 from bulkgetty.stages.journal import Record
 from bulkgetty.stages.report import Outcome, ReportWriter, RunSummary, Status
 from bulkgetty.stages.steps import DOUBT, AssetSteps, Flight, Work
+from bulkgetty.stages.transfer import TransferResult, transfer
 
 __all__ = ("Pipeline", "Rows", "RunContext", "aiter_rows")
 
@@ -66,6 +67,8 @@ class RunContext:
     policy: RetryPolicy
     delivery_session: aiohttp.ClientSession
     emit: Callable[[Event], None]
+    #: `stages.transfer.transfer`, or a worker pool's call of the same signature.
+    transfer: Callable[..., Awaitable[TransferResult]] = transfer
     summary: RunSummary = field(default_factory=RunSummary)
     started_wall: float = field(default_factory=time.time)
     #: Rows the planner has read, and assets it has looked up.

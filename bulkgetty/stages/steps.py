@@ -29,7 +29,7 @@ from bulkgetty.stages.decide import reacquire_message
 from bulkgetty.stages.files import sha256_file
 from bulkgetty.stages.journal import AssetState, Record
 from bulkgetty.stages.report import Outcome, Status
-from bulkgetty.stages.transfer import TransferOptions, TransferResult, TransferState, transfer
+from bulkgetty.stages.transfer import TransferOptions, TransferResult, TransferState
 
 if TYPE_CHECKING:
     from bulkgetty.stages.pipeline import RunContext
@@ -134,7 +134,7 @@ class AssetSteps:
             flight.done += n
 
         async def attempt() -> TransferResult:
-            return await transfer(
+            return await ctx.transfer(  # stages.transfer.transfer, or in a worker process
                 ctx.delivery_session,
                 uri,
                 out=ctx.out,

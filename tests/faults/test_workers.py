@@ -1,0 +1,132 @@
+"""Worker-process faults (`--workers N`): a worker killed with -9 in the middle of large files.
+
+The main process keeps buying, journaling and reporting; the dead worker's transfers fail as
+retryable read errors, resume from their `.part` in a new worker, and nothing is bought twice.
+A Ctrl-C of a run with workers stops as in one process, and the rerun finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from bulkgetty.sandbox import SandboxConfig
+from tests.faults.conftest import Matrix, audit
+from tests.harness import clean_env, cli, report, sandbox, start_cli, write_ids
+
+MiB = 2**20
+#: A 20-28 MB video at 8 MB/s takes about 3 s: long enough to be cut well past its first
+#: journal claim (every 8 MiB), short enough for the suite.
+LARGE = SandboxConfig(video_bytes=(20_000_000, 28_000_000), bandwidth=8_000_000)
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The `python -m bulkgetty.stages.workers` children of `parent`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and b"bulkgetty.stages.workers" in cmdline:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def _wait_for_part(out: Path, at_least: int, timeout: float = 30) -> None:
+    """Until some `.part` in `out` holds `at_least` bytes (bounded by `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sizes = [p.stat().st_size for p in out.glob("*.part") if p.exists()]
+        if any(s >= at_least for s in sizes):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no .part reached {at_least} bytes in {timeout} s")
+
+
+def test_kill_9_of_a_worker_mid_file_resumes_its_files_and_buys_nothing_twice(
+    tmp_path: Path, matrix: Matrix
+) -> None:
+    """Two kills, each of a worker in the middle of large files (past their first claim):
+    the run finishes by itself with every file whole, each asset bought once, and the cut
+    files resumed (the bytes fetched again are a fraction of the files)."""
+    ids = [str(9_930_000 + i) for i in range(4)]
+    with sandbox(LARGE) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
+        proc = start_cli(*args, "--concurrency", "4", "--workers", "2", env=env)
+        killed = []
+        for threshold in (10 * MiB, 20 * MiB):
+            _wait_for_part(out, threshold)
+            pids = worker_pids(proc.pid)
+            assert pids, "no worker process found"
+            victim = pids[len(killed) % len(pids)]
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert killed, "no worker was killed"
+        assert proc.returncode == 0, stderr
+        assert {r["status"] for r in report(out)} == {"downloaded"}
+        result = audit(
+            sb,
+            out,
+            ids,
+            [(stdout, stderr)],
+            fault="kill -9 of a worker x2, 4 large files",
+            asset_type="video",
+        )
+        total = sum(sb.expected("video", i).length for i in ids)
+        assert result.refetched < total // 2, "the cut files were not resumed"
+        matrix.check(result, note=f"{len(killed)} workers killed, {result.refetched:,} B again")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT])
+def test_ctrl_c_of_a_run_with_workers_keeps_the_parts_and_the_rerun_finishes(
+    tmp_path: Path, matrix: Matrix, sig: signal.Signals
+) -> None:
+    """Ctrl-C reaches the main process only (workers ignore SIGINT): it cancels the jobs,
+    which stop writing and keep their `.part`; exit 130; the rerun resumes, spends nothing."""
+    ids = [str(9_931_000 + i) for i in range(3)]
+    with sandbox(LARGE) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
+        args += ("--workers", "2")
+        proc = start_cli(*args, env=env)
+        _wait_for_part(out, 10 * MiB)
+        workers = worker_pids(proc.pid)
+        proc.send_signal(sig)
+        stopped = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stopped[1]
+        for pid in workers:
+            assert not Path(f"/proc/{pid}").exists() or _zombie(pid), "a worker outlived the run"
+        spent = sum(sb.spends_by_asset().values())
+        done = cli(*args, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert sum(sb.spends_by_asset().values()) == spent == len(ids)
+        result = audit(
+            sb,
+            out,
+            ids,
+            [stopped, done],
+            fault="Ctrl-C of a run with 2 workers",
+            asset_type="video",
+        )
+        matrix.check(result, note=f"{result.refetched:,} B fetched again")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
