@@ -94,6 +94,49 @@ class _Process:
             stdin.write(frame(messages))
             await stdin.drain()
 
+    def route(self, message: Message) -> None:
+        """One message from this worker, to the job it is about."""
+        kind, job_id = message[0], int(message[1])
+        if kind == "ready":
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_result(None)
+            return
+        job = self.jobs.get(job_id)
+        if job is None:
+            return  # a job given up on (cancelled and answered): nothing listens
+        if kind == "progress":
+            job.on_progress(int(message[2]))
+        elif kind == "state":
+            new = state_from_wire(message[2])
+            if new is not None:
+                job.on_state(new)
+        elif kind == "newpart":
+            task = asyncio.create_task(self._answer_new_part(job, message[2]))
+            self.answering.add(task)
+            task.add_done_callback(self.answering.discard)
+        elif not job.outcome.done():
+            if kind == "done":
+                job.outcome.set_result(result_from_wire(message[2]))
+            elif kind == "error":
+                job.outcome.set_exception(error_from_wire(message[2]))
+            elif kind == "cancelled":
+                job.outcome.cancel()
+
+    async def _answer_new_part(self, job: _Job, data: str) -> None:
+        """Commit the new `.part`'s state as the caller's `on_new_part` does, then let the
+        worker write; if the commit fails, the worker's transfer raises that error."""
+        state = state_from_wire(data)
+        assert state is not None
+        try:
+            if job.on_new_part is not None:
+                await job.on_new_part(state)
+            else:
+                job.on_state(state)
+        except Exception as exc:
+            await self.send([["nack", job.id, error_to_wire(exc)]])
+        else:
+            await self.send([["ack", job.id]])
+
 
 class WorkerPool:
     """N worker processes for the transfer stage (see the module docstring).
@@ -264,7 +307,7 @@ class WorkerPool:
         try:
             while (batch := await read_frame(worker.proc.stdout)) is not None:
                 for message in batch:
-                    self._route(worker, message)
+                    worker.route(message)
         finally:
             await worker.proc.wait()  # no write of it lands after its jobs are failed
             worker.dead = True
@@ -274,48 +317,6 @@ class WorkerPool:
                 _fail_job(job, worker)
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_result(None)
-
-    def _route(self, worker: _Process, message: Message) -> None:
-        kind, job_id = message[0], int(message[1])
-        if kind == "ready":
-            if worker.ready is not None and not worker.ready.done():
-                worker.ready.set_result(None)
-            return
-        job = worker.jobs.get(job_id)
-        if job is None:
-            return  # a job given up on (cancelled and answered): nothing listens
-        if kind == "progress":
-            job.on_progress(int(message[2]))
-        elif kind == "state":
-            new = state_from_wire(message[2])
-            if new is not None:
-                job.on_state(new)
-        elif kind == "newpart":
-            task = asyncio.create_task(self._answer_new_part(worker, job, message[2]))
-            worker.answering.add(task)
-            task.add_done_callback(worker.answering.discard)
-        elif not job.outcome.done():
-            if kind == "done":
-                job.outcome.set_result(result_from_wire(message[2]))
-            elif kind == "error":
-                job.outcome.set_exception(error_from_wire(message[2]))
-            elif kind == "cancelled":
-                job.outcome.cancel()
-
-    async def _answer_new_part(self, worker: _Process, job: _Job, data: str) -> None:
-        """Commit the new `.part`'s state as the caller's `on_new_part` does, then let the
-        worker write; if the commit fails, the worker's transfer raises that error."""
-        state = state_from_wire(data)
-        assert state is not None
-        try:
-            if job.on_new_part is not None:
-                await job.on_new_part(state)
-            else:
-                job.on_state(state)
-        except Exception as exc:
-            await worker.send([["nack", job.id, error_to_wire(exc)]])
-        else:
-            await worker.send([["ack", job.id]])
 
     async def _kill(self, worker: _Process) -> None:
         with contextlib.suppress(ProcessLookupError):
