@@ -805,3 +805,86 @@ def test_connection_killed_mid_post_costs_one_spend_and_the_uri_is_committed_on_
         state, uri, spends = asset_row(dsn, f"image/{held}")[:3]
         assert (state, spends) == ("done", 1) and uri.startswith("http")
         assert budget_row(dsn) == (10 - 3, 3)
+
+
+def spool_file(folder: Path) -> Path:
+    return folder / ".bulkgetty" / "unsent-uris.jsonl"
+
+
+def cut_off(led: Ledger, dsn: str) -> None:
+    """The database goes out of reach for longer than the worker's patience."""
+    led.link.patience = 0.3
+    led.link._dsn = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    kill_backends(dsn, led.link.db.info.backend_pid)
+
+
+def test_a_paid_uri_the_ledger_cannot_take_is_kept_in_the_folder_and_given_on_the_next_open(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Before, the URI lived only in memory once the ledger stayed away past the patience:
+    the run's end lost a paid download."""
+    init_ledger(dsn, assets(2), downloads_remaining=5, api_rate=None)
+    a = Ledger(dsn, tmp_path)
+    key = a.claim(1)[0].key
+    a.record_intent(key)
+    cut_off(a, dsn)
+    a.record_acquired(key, "https://x/paid", time.time() + 3600)  # kept: returns
+    assert spool_file(tmp_path).stat().st_mode & 0o777 == 0o600
+    assert asset_row(dsn, key)[:3] == ("intent", None, 0)
+    a.close()
+    b = Ledger(dsn, tmp_path)  # this folder's next run
+    assert asset_row(dsn, key)[:3] == ("acquired", "https://x/paid", 1)
+    assert budget_row(dsn) == (4, 1)
+    assert not spool_file(tmp_path).exists()
+    b.close()
+
+
+def test_a_spooled_uri_reaches_the_ledger_before_the_next_state_of_the_same_run(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The database comes back within the run: the spend is counted before the `done` that
+    would otherwise hide it."""
+    init_ledger(dsn, assets(1), downloads_remaining=5, api_rate=None)
+    led = Ledger(dsn, tmp_path)
+    key = led.claim(1)[0].key
+    led.record_intent(key)
+    cut_off(led, dsn)
+    led.record_acquired(key, "https://x/paid", time.time() + 3600)
+    led.link._dsn = dsn  # back
+    led.record_done(key, path="a.jpg", size=1, sha256="0" * 64)
+    assert asset_row(dsn, key)[:3] == ("done", "https://x/paid", 1)
+    assert budget_row(dsn) == (4, 1)
+    assert not spool_file(tmp_path).exists()
+    led.close()
+
+
+def test_a_spooled_uri_counts_its_spend_once_whatever_another_worker_did_meanwhile(
+    dsn: str, tmp_path: Path
+) -> None:
+    """A taker may have read the spend in the history (counted, no URI), bought again (then
+    the asset has a URI or its file), or been told by a late history that nothing was spent
+    (pending: the spend is not counted yet)."""
+    from bulkgetty.stages.ledger.spool import UriSpool
+
+    init_ledger(dsn, assets(3), downloads_remaining=5, api_rate=None)
+    led = Ledger(dsn, tmp_path)
+    counted, rebought, cleared = (r.key for r in led.claim(3))
+    led.record_intent(counted)
+    led.record_in_doubt(counted, "timeout")
+    led.record_spent_without_uri(counted, "history shows it")
+    led.record_intent(rebought)
+    led.record_acquired(rebought, "https://x/new", time.time() + 3600)
+    led.record_done(rebought, path="b.jpg", size=1, sha256="0" * 64)
+    led.record_intent(cleared)
+    led.record_cleared_doubt(cleared)
+    assert budget_row(dsn) == (3, 2)
+    spool = UriSpool(tmp_path / ".bulkgetty")
+    for key in (counted, rebought, cleared):
+        spool.add(key, f"https://x/old-{key}", time.time() + 3600)
+    assert led.replay_spool() == 3
+    assert asset_row(dsn, counted)[:3] == ("acquired", f"https://x/old-{counted}", 1)
+    assert asset_row(dsn, rebought)[:3] == ("done", "https://x/new", 1)
+    assert asset_row(dsn, cleared)[:3] == ("acquired", f"https://x/old-{cleared}", 1)
+    assert budget_row(dsn) == (2, 3)  # one more spend: the cleared one's
+    assert led.replay_spool() == 0
+    led.close()

@@ -20,6 +20,7 @@ from bulkgetty.errors import JournalError
 from bulkgetty.stages.journal import STATE_DIR, private_state_dir
 from bulkgetty.stages.journal.storage import take_lock
 from bulkgetty.stages.ledger.lease import LEASE, Link, WorkerLease, reconnecting_methods
+from bulkgetty.stages.ledger.spool import UriSpool
 from bulkgetty.stages.ledger.tables import LEASE_META
 
 __all__ = ("LedgerConnection",)
@@ -62,6 +63,8 @@ class LedgerConnection:
             self._unlock()
             raise
         self.out_dir = f"{socket.gethostname()}:{out_dir.resolve()}"
+        #: Paid URIs the ledger could not take (spool.py); this folder's, as its lock is.
+        self.spool = UriSpool(out_dir / STATE_DIR)
         self.settle = settle
         self.lease: WorkerLease | None = None
         try:

@@ -28,10 +28,12 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
+
+import psycopg
 
 from bulkgetty.assets import Asset
 from bulkgetty.config import HISTORY_SETTLE
@@ -77,6 +79,63 @@ class Ledger(LedgerClaims, LedgerTransitions, LedgerReads):
     (budget.py), each asset's state changes (transitions.py) and reads (reads.py); runs, meta
     and adding this run's assets are here.
     """
+
+    #: URIs went to the spool in this run: the next transaction gives them to the ledger
+    #: first, so that no later state (a `done`) hides a spend the ledger never counted.
+    _unsent = False
+    _replaying = False
+
+    def __init__(
+        self,
+        dsn: str,
+        out_dir: Path,
+        *,
+        lock: bool = True,
+        worker: bool = True,
+        settle: float = HISTORY_SETTLE,
+    ) -> None:
+        super().__init__(dsn, out_dir, lock=lock, worker=worker, settle=settle)
+        if worker:
+            try:
+                self.replay_spool()
+            except BaseException:
+                self.close()
+                raise
+
+    # paid URIs -------------------------------------------------------------------------
+
+    def record_acquired(self, key: str, uri: str, expires: float) -> None:
+        """As the journal's; when the database stays out of reach past the link's patience,
+        the URI is kept in this worker's folder instead (spool.py) and given to the ledger
+        when the folder's next run opens it. Either way the paid URI is durable on return."""
+        try:
+            super().record_acquired(key, uri, expires)
+        except JournalError:
+            if not self.link.broken():
+                raise
+            self.spool.add(key, uri, expires)
+            self._unsent = True
+
+    def replay_spool(self) -> int:
+        """Give the ledger the URIs this folder's spool kept (see record_spooled)."""
+        kept = self.spool.entries()
+        self._replaying = True
+        try:
+            for entry in kept:
+                self.record_spooled(entry.key, entry.uri, entry.expires)
+        finally:
+            self._replaying = False
+        if kept:
+            self.spool.clear()
+        self._unsent = False
+        return len(kept)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._unsent and not self._replaying:
+            self.replay_spool()
+        with super()._tx() as db:
+            yield db
 
     # runs and meta ---------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ __all__ = ("LedgerTransitions",)
 @reconnecting_methods(
     "record_intent",
     "record_acquired",
+    "record_spooled",
     "record_not_spent",
     "record_in_doubt",
     "record_spent_without_uri",
@@ -64,6 +65,37 @@ class LedgerTransitions(SharedBudget):
                 "spends = spends + 1, transfer = NULL, error = NULL, holds_budget = false, "
                 "claimed_by = %s",
                 (uri, expires, time.time(), self.me),
+            )
+
+    def record_spooled(self, key: str, uri: str, expires: float) -> None:
+        """A URI that arrived while the ledger was out of reach (spool.py), given to it now.
+
+        Its POST spent, so its spend is counted, unless the ledger counted it meanwhile: a
+        worker that took the asset over read that spend in the history and recorded it
+        without a URI (`failed`, no URI, spends > 0), or went on to buy again (`acquired` or
+        `done`: the doubt is always resolved before a second purchase). The URI is kept
+        unless the asset has a newer one or its file.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state, uri, spends FROM bulkgetty_assets WHERE key = %s FOR UPDATE",
+                (key,),
+            ).fetchone()
+            if row is None:
+                raise JournalError(f"the ledger has no asset {key!r}")
+            state, old_uri, spends = str(row[0]), row[1], int(row[2])
+            if old_uri == uri or state in ("acquired", "done"):
+                return
+            counted = state == "failed" and old_uri is None and spends > 0
+            if not counted:
+                self._spent(db, key)
+            self._set(
+                db,
+                key,
+                "state = 'acquired', uri = %s, uri_expires = %s, acquired_at = %s, "
+                "spends = spends + %s, transfer = NULL, error = NULL, holds_budget = false, "
+                "claimed_by = %s",
+                (uri, expires, time.time(), 0 if counted else 1, self.me),
             )
 
     def record_not_spent(self, key: str, state: AssetState, error: str | None) -> None:
