@@ -297,8 +297,9 @@ class WorkerPool:
             await asyncio.wait([worker.ready])
         if not worker.ready.done() or worker.dead:
             await self._kill(worker)
-            why = "cannot start a worker process; run with --workers 0 to transfer in-process"
-            raise ReadError(why)
+            error = ReadError("cannot start a worker process; --workers 0 transfers in-process")
+            error.retryable = False  # no retry of this run would start one either
+            raise error
         return worker
 
     async def _read(self, worker: _Process) -> None:

@@ -325,3 +325,17 @@ async def test_closing_the_pool_ends_every_worker_process(tmp_path: Path, files:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_worker_that_cannot_start_fails_the_transfer_for_good_with_a_hint(
+    tmp_path: Path, files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.executable", "/bin/false")
+    out = OutputDir(tmp_path / "o")
+    pool = _pool(out)
+    try:
+        with pytest.raises(ReadError, match="--workers 0") as failed:
+            await _fetch(pool, out, files.url("a.jpg"), Calls())
+    finally:
+        await pool.close()
+    assert not failed.value.retryable
