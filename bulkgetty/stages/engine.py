@@ -36,7 +36,7 @@ from bulkgetty.stages.files import OutputDir
 from bulkgetty.stages.journal import AsyncJournal
 from bulkgetty.stages.pipeline import Pipeline, Rows, RunContext, aiter_rows
 from bulkgetty.stages.report import Redactor, ReportWriter, RunSummary
-from bulkgetty.stages.workers import WorkerPool
+from bulkgetty.stages.workers.pool import WorkerPool
 
 __all__ = ("Downloader", "RunResult", "run")
 
@@ -208,6 +208,8 @@ class Downloader:
         if self.options.journal_meta:
             await j.call(j.journal.bind_meta, dict(self.options.journal_meta))
         run_id = await j.call(j.journal.begin_run, manifest)
+        if self.pool is not None:
+            self.pool.warm_up()
         acquirer = Acquirer(
             self.client,
             j,

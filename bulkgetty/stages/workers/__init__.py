@@ -5,8 +5,6 @@ events, the retry and re-buy decisions and the names granted to resumes; N worke
 run `transfer` calls (`pool.WorkerPool.transfer` has its signature, so `AssetSteps` calls
 one or the other). `wire` is what crosses the pipes, `child` a worker process, `names` why
 files still never share a name across processes.
+
+Nothing is imported here: a worker process imports `child` and what it needs, not the pool.
 """
-
-from bulkgetty.stages.workers.pool import WorkerPool, default_workers
-
-__all__ = ("WorkerPool", "default_workers")

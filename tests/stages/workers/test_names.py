@@ -10,8 +10,8 @@ from bulkgetty.errors import StorageError
 from bulkgetty.getty.http import Timeouts
 from bulkgetty.stages.files import NewPart, OutputDir
 from bulkgetty.stages.transfer import TransferState
-from bulkgetty.stages.workers import WorkerPool
 from bulkgetty.stages.workers.names import WorkerOutputDir
+from bulkgetty.stages.workers.pool import WorkerPool
 
 
 async def _none() -> set[str]:

@@ -17,7 +17,7 @@ from bulkgetty.errors import DeliveryError, JournalError, ReadError, UriExpiredE
 from bulkgetty.getty.http import Timeouts, new_session
 from bulkgetty.stages.files import OutputDir
 from bulkgetty.stages.transfer import TransferOptions, TransferResult, TransferState
-from bulkgetty.stages.workers import WorkerPool, default_workers
+from bulkgetty.stages.workers.pool import WorkerPool
 
 MiB = 2**20
 
@@ -133,10 +133,6 @@ async def _fetch(
             on_progress=calls.on_progress,
             on_new_part=on_new_part,
         )
-
-
-def test_default_workers_is_one_per_core_up_to_four_and_none_on_one_core() -> None:
-    assert [default_workers(n) for n in (1, 2, 3, 8)] == [0, 2, 3, 4]
 
 
 async def test_files_from_two_workers_are_whole_and_the_callbacks_hear_every_byte(
