@@ -1,0 +1,175 @@
+"""CPU per file of bulkgetty's full flow on many small files, A/B against other source trees.
+
+    python -m benchmarks.cpu_probe --files 1000 --runs 3
+    python -m benchmarks.cpu_probe --files 1000 --runs 5 --src /tmp/base --src .
+    python -m benchmarks.cpu_probe --files 1000 --runs 1 --wrap 'strace -f -c -o /tmp/st'
+    python -m benchmarks.cpu_probe --files 1000 --runs 1 --wrap 'python -m cProfile -o /tmp/p'
+
+Why its own probe: on a shared 2-core machine wall times move with the neighbours' load, but
+the CPU seconds (user+sys) the client spends per file do not, and they are what issue 16
+asks to cut. One nginx and one sandbox API process (as the harness starts them) serve every
+run; each run is `python -m bulkgetty run` (token, one POST per asset, one GET per file,
+write, fsync, rename, journal) into a fresh folder on tmpfs (`--disk`: under
+benchmarks/results/). Runs alternate between the `--src` trees (PYTHONPATH, so each tree's
+own `bulkgetty` is imported; byte-compiled first), so slow spells hit every tree alike.
+
+Printed per run: client user+sys CPU s, CPU ms per file (the issue's figure: it includes the
+interpreter's start), and the marginal ms per file, (CPU of N files - CPU of 1 file) /
+(N - 1), which leaves the start out. The medians per tree close the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import compileall
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .servers import REPO, ServerSet
+
+KiB = 2**10
+
+
+@dataclass
+class Tree:
+    """One source tree under test and its measurements."""
+
+    src: Path
+    base_cpu: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+
+
+def run_once(
+    tree: Tree, manifest: Path, dest_root: Path, env: dict[str, str], args: argparse.Namespace
+) -> tuple[float, float, int]:
+    """(user+sys CPU s, wall s, exit code) of one bulkgetty run into a fresh folder."""
+    dest = Path(tempfile.mkdtemp(prefix="probe-", dir=dest_root))
+    cmd = [
+        sys.executable,
+        "-m",
+        "bulkgetty",
+        "run",
+        str(manifest),
+        "--out",
+        str(dest),
+        "--api-url",
+        env["PROBE_API_URL"],
+        "--api-rate",
+        "100000",
+        "--concurrency",
+        str(args.concurrency),
+        "--asset-type",
+        "image",
+        "--quiet",
+        *args.extra,
+    ]
+    if args.wrap:
+        files = len(manifest.read_text().split())
+        wrap = shlex.split(args.wrap.replace("{files}", str(files)))
+        cmd = wrap + (cmd[1:] if wrap[0] in ("python", "python3", sys.executable) else cmd)
+        if wrap[0] in ("python", "python3"):
+            cmd[0] = sys.executable
+    child_env = {**env, "PYTHONPATH": str(tree.src)}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=child_env, cwd=tree.src, stdin=subprocess.DEVNULL)
+    _pid, status, ru = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    shutil.rmtree(dest, ignore_errors=True)
+    return ru.ru_utime + ru.ru_stime, wall, os.waitstatus_to_exitcode(status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--files", type=int, default=1000)
+    p.add_argument("--kib", type=int, default=256, help="file size in KiB (default 256)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--src", action="append", type=Path, help="source tree (repeatable)")
+    p.add_argument("--disk", action="store_true", help="write under benchmarks/results/")
+    p.add_argument("--tls", action="store_true", help="HTTPS for nginx and the API")
+    p.add_argument(
+        "--wrap", default="", help="command prefix, e.g. 'strace -f -c -o F{files}' ({files}: N)"
+    )
+    p.add_argument("extra", nargs="*", help="more bulkgetty run options (after --)")
+    args = p.parse_args(argv)
+    trees = [Tree(s.resolve()) for s in (args.src or [REPO])]
+    for tree in trees:
+        compileall.compile_dir(tree.src / "bulkgetty", quiet=1)
+
+    from bulkgetty.sandbox import write_corpus
+    from bulkgetty.sandbox.tls import make_tls
+
+    work = Path(tempfile.mkdtemp(prefix="cpu-probe-", dir="/dev/shm"))
+    dest_root = work
+    if args.disk:
+        dest_root = Path(tempfile.mkdtemp(prefix="probe-", dir=REPO / "benchmarks" / "results"))
+    servers = ServerSet()
+    tls = make_tls() if args.tls else None
+    try:
+        from .sandbox_server import sandbox_config
+
+        ids = [str(1_000_000 + i) for i in range(args.files)]
+        corpus = work / "corpus"
+        config = sandbox_config(file_bytes=args.kib * KiB)
+        write_corpus(corpus, [("image", i) for i in ids], config)
+        for d in [work, *corpus.rglob("*")]:
+            if d.is_dir():
+                d.chmod(0o755)
+        base = servers.start_nginx(corpus, tls=tls)
+        info = servers.start_sandbox(
+            file_bytes=args.kib * KiB,
+            delivery_base=base,
+            tls_dir=tls.folder if tls is not None else None,
+        )
+        env = {**os.environ, **info["env"], "PROBE_API_URL": info["api_url"]}
+        manifest, one = work / "manifest.txt", work / "one.txt"
+        manifest.write_text("".join(i + "\n" for i in ids))
+        one.write_text(ids[0] + "\n")
+        asyncio.set_event_loop(None)
+        for rep in range(1, args.runs + 1):
+            for tree in trees:
+                base_cpu, _w, code0 = run_once(tree, one, dest_root, env, args)
+                cpu, wall, code = run_once(tree, manifest, dest_root, env, args)
+                if code or code0:
+                    print(f"{tree.src}: exit {code0}/{code}", file=sys.stderr)
+                    return 1
+                tree.base_cpu.append(base_cpu)
+                tree.cpu.append(cpu)
+                tree.wall.append(wall)
+                marginal = (cpu - base_cpu) / (args.files - 1) * 1000
+                per_file = cpu / args.files * 1000
+                print(
+                    f"rep {rep} {tree.src}: cpu {cpu:.2f} s ({per_file:.2f} ms/file, marginal"
+                    f" {marginal:.2f} ms/file; 1 file {base_cpu:.2f} s), wall {wall:.2f} s",
+                    flush=True,
+                )
+    finally:
+        servers.close()
+        shutil.rmtree(work, ignore_errors=True)
+        if args.disk:
+            shutil.rmtree(dest_root, ignore_errors=True)
+        if tls is not None:
+            tls.remove()
+    print(f"\n{args.files} x {args.kib} KiB, {args.concurrency} streams, medians of {args.runs}:")
+    for tree in trees:
+        cpu, base_cpu = statistics.median(tree.cpu), statistics.median(tree.base_cpu)
+        marginal = (cpu - base_cpu) / (args.files - 1) * 1000
+        print(
+            f"  {tree.src}: {cpu / args.files * 1000:.2f} ms/file (marginal {marginal:.2f}),"
+            f" cpu {cpu:.2f} s, wall {statistics.median(tree.wall):.2f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
