@@ -117,8 +117,9 @@ class AsyncJournal(StagedWrites[Journal]):
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one journal method on the journal's thread; return once it is committed.
 
-        Shielded from cancellation: a commit that has been queued is allowed to finish even
-        when the run is being cancelled, so an acquisition is never half-recorded.
+        A commit that has been queued finishes even when the run is being cancelled, so an
+        acquisition is never half-recorded: cancelling the caller only cancels its future,
+        which the journal thread's delivery then skips.
         """
         try:
             return await self._submit(functools.partial(fn, *args, **kwargs), alone=False)
@@ -136,7 +137,9 @@ class AsyncJournal(StagedWrites[Journal]):
         # the failure: retrieve it here so asyncio prints no "never retrieved" traceback.
         fut.add_done_callback(_retrieve)
         self._inbox.put(_Call(fn, fut, alone=alone))
-        return await asyncio.shield(fut)
+        # Not shielded: the thread runs the call whether or not anyone still awaits it, and
+        # a shield would cost a second future and one more loop callback per call.
+        return await fut
 
     async def close(self) -> None:
         await self.flush()
