@@ -9,7 +9,9 @@ the transfer stage follows them itself, with a hop limit and loop detection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,15 +68,38 @@ def _verifying_context() -> ssl.SSLContext:
 
     Python's default context honours `SSL_CERT_FILE` / `SSL_CERT_DIR`, so a sandbox CA (or a
     company proxy's) is trusted the standard way, also when the variable is set after import.
-    Verification itself is never turned off.
+    Verification itself is never turned off. Reading the store costs ~25 ms of CPU, so the
+    sessions of one process share a context while those variables keep their values.
     """
-    context = ssl.create_default_context()
-    context.set_alpn_protocols(["http/1.1"])
+    where = (_file_identity(os.environ.get("SSL_CERT_FILE")), os.environ.get("SSL_CERT_DIR"))
+    context = _CONTEXTS.get(where)
+    if context is None:
+        context = ssl.create_default_context()
+        context.set_alpn_protocols(["http/1.1"])
+        _CONTEXTS.clear()  # one at a time: a test that moves the variables gets a new one
+        _CONTEXTS[where] = context
     return context
 
 
+_CONTEXTS: dict[tuple[object, str | None], ssl.SSLContext] = {}
+
+
+def _file_identity(path: str | None) -> object:
+    """A CA file by path and version: a new file written at the same path is read afresh."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
 def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and `localhost`: the only hosts plain http:// may reach."""
+    """True for 127.0.0.0/8, ::1 and `localhost`: the only hosts plain http:// may reach.
+
+    Cached: every delivery URI and redirect is checked, and a run meets few hosts."""
     if host.lower() in ("localhost", "localhost."):
         return True
     try:
