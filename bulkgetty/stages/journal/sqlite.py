@@ -182,6 +182,18 @@ class Journal(AssetTransitions):
             raise
         self._db.execute(end)
 
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[sqlite3.Connection]:
+        """For a change made by ONE statement: its own transaction when alone, and inside a
+        group no savepoint: SQLite undoes a failed statement by itself, so the savepoint's
+        two extra statements (each a GIL hand-off of the journal thread) would buy nothing.
+        """
+        if self._in_group:
+            yield self._db
+        else:
+            with self._tx() as db:
+                yield db
+
     # runs ------------------------------------------------------------------------------
 
     def begin_run(self, manifest: str) -> int:

@@ -1,7 +1,8 @@
 """Each asset's state changes, in the order money moves: intent, then URI or doubt, then done.
 
-Every change is its own transaction (a savepoint inside a group commit), committed before
-anything else happens to the asset: after a kill -9 the journal says exactly what was spent.
+Every change is its own transaction (inside a group commit, a savepoint, or for a change made
+by one statement that statement alone), committed before anything else happens to the asset:
+after a kill -9 the journal says exactly what was spent.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ __all__ = ("AssetTransitions",)
 
 
 class AssetTransitions:
-    """The `record_*` changes of `Journal`; it supplies `_tx`, one transaction or savepoint."""
+    """The `record_*` changes of `Journal`; it supplies `_tx`, one transaction or savepoint,
+    and `_statement` for a change made by one statement."""
 
     def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _statement(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """Like `_tx`, for a change that is one statement (atomic by itself)."""
         raise NotImplementedError
 
     def record_intent(self, key: str) -> None:
@@ -96,7 +102,7 @@ class AssetTransitions:
             )
 
     def _update(self, key: str, assignments: str, params: tuple[object, ...]) -> None:
-        with self._tx() as db:
+        with self._statement() as db:
             cur = db.execute(
                 f"UPDATE assets SET {assignments}, updated = ? WHERE key = ?",
                 (*params, time.time(), key),
