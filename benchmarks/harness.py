@@ -77,6 +77,8 @@ class Scenario:
     no_fsync_row: bool = False  # add a `bulkgetty --no-fsync` row
     targets: tuple[Target, ...] = ()
     max_rss_mib: float | None = None
+    #: Target for bulkgetty's client CPU (user+sys, its processes) per file, in ms.
+    cpu_per_file_ms: float | None = None
     #: nginx `limit_rate` per connection (a bandwidth cap that segmenting can beat).
     limit_rate: str | None = None
     #: Extra bulkgetty rows: (label, extra arguments).
@@ -113,15 +115,18 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             "small",
-            "2000 x 256 KiB from nginx, 16 streams, to disk (ext4, same fs as the repo)",
+            "2000 x 256 KiB from nginx, 16 streams, to disk (ext4, same fs as the repo); "
+            "every tool timed with a `sync`",
             2000,
             256 * KiB,
             16,
             "disk",
+            durable=True,
             no_fsync_row=True,
+            cpu_per_file_ms=1.2,
             targets=(
-                Target("aria2c -j16 -x1", 1.2, "small: >= 1.2x aria2c -j16"),
-                Target("parfive", 3.0, "small: >= 3x parfive"),
+                Target("curl -Z", 1.0, "small: >= 1.0x curl -Z (with sync)"),
+                Target("aria2c -j16 -x1", 1.5, "small: >= 1.5x aria2c -j16"),
             ),
         ),
         Scenario(
@@ -132,6 +137,7 @@ SCENARIOS: dict[str, Scenario] = {
             16,
             "shm",
             variants=WORKER_ROWS,
+            cpu_per_file_ms=1.2,
             targets=(
                 Target("aria2c -j16 -x1", 1.0, "small to tmpfs: >= 1.0x aria2c"),
                 Target(
@@ -155,7 +161,7 @@ SCENARIOS: dict[str, Scenario] = {
             segmented_peer=True,
             no_fsync_row=True,
             targets=(
-                Target("curl -Z", 1.0, "large: >= 1.0x curl -Z (with sync)"),
+                Target("curl -Z", 1.2, "large: >= 1.2x curl -Z (with sync)"),
                 Target("aria2c -j4 -x4 -s4", 1.5, "large: >= 1.5x aria2c -x4"),
             ),
         ),
@@ -250,11 +256,11 @@ SCENARIOS: dict[str, Scenario] = {
 }
 #: The HTTPS rows: `small` and `large` as they are, over TLS (nginx and the sandbox present
 #: certificates of one private CA; bulkgetty, curl, aria2c, parfive and aiohttp-min are told
-#: to trust it), so a run prints them beside the plain rows. Their targets are the plain ones'.
+#: to trust it), so a run prints them beside the plain rows, with the plain ones' targets.
 for _plain in ("small", "large"):
     _s = SCENARIOS[_plain]
     SCENARIOS[f"{_plain}-tls"] = replace(
-        _s, name=f"{_plain}-tls", what=f"{_s.what}; over HTTPS", tls=True, targets=()
+        _s, name=f"{_plain}-tls", what=f"{_s.what}; over HTTPS", tls=True
     )
 ALIASES = {
     "latency": ["latency-c16", "latency-c64"],
@@ -882,9 +888,9 @@ def summarize(res: ScenarioResult, s: Scenario, tools: list[Tool]) -> None:
         post_rate = round(statistics.median(posts), 2) if posts else None
         res.targets.append(
             {
-                "target": f"api-limited: >= 0.95 x {s.qps:g} assets/s, < 1% 429s",
+                "target": f"api-limited: >= 0.99 x {s.qps:g} assets/s over the wall, no 429",
                 "measured": {"assets_per_s": rate, "share_429": share},
-                "met": rate >= 0.95 * s.qps and share < 0.01,
+                "met": rate >= 0.99 * s.qps and not bg.get("rejected_429"),
                 "how": "files / median wall; 429s and API requests from /__sandbox__/state",
             }
         )
@@ -908,6 +914,16 @@ def summarize(res: ScenarioResult, s: Scenario, tools: list[Tool]) -> None:
                 "measured": first,
                 "met": first is not None and first <= s.first_file_within,
                 "how": "median over reps of the time to the first non-.part file in the folder",
+            }
+        )
+    if s.cpu_per_file_ms is not None and bg.get("ok"):
+        ms = 1000 * bg["cpu_median"] / res.files
+        res.targets.append(
+            {
+                "target": f"per-file CPU <= {s.cpu_per_file_ms:g} ms (client, all its processes)",
+                "measured": round(ms, 3),
+                "met": ms <= s.cpu_per_file_ms,
+                "how": "median client user+sys CPU s (interpreter start included) / files",
             }
         )
     if s.max_rss_mib is not None and bg.get("ok"):
