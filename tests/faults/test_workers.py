@@ -135,3 +135,43 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_kill_9_of_the_main_process_takes_its_workers_along_and_the_rerun_finishes(
+    tmp_path: Path, matrix: Matrix
+) -> None:
+    """A power cut of the main process mid-file: its workers die with it (none is left
+    writing into a `.part` that the rerun resumes), and the rerun finishes the files from
+    their `.part`, buying nothing again."""
+    ids = [str(9_932_000 + i) for i in range(3)]
+    with sandbox(LARGE) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
+        args += ("--workers", "2")
+        proc = start_cli(*args, env=env)
+        _wait_for_part(out, 10 * MiB)
+        workers = worker_pids(proc.pid)
+        assert workers, "no worker process found"
+        proc.kill()
+        killed = proc.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in workers), "a worker outlived its main process"
+        done = cli(*args, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        result = audit(
+            sb,
+            out,
+            ids,
+            [killed, done],
+            fault="kill -9 of the main process, 2 workers",
+            asset_type="video",
+        )
+        matrix.check(result, note=f"{len(workers)} workers gone with it")
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and not _zombie(pid)
