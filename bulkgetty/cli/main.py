@@ -661,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_with_signals(
             lambda: handler(args, os.environ, emit),
-            tty=emit.live,
+            screen=emit.screen,
             purchases=lambda: emit.purchases_in_flight(),
         )
     except ManifestError as exc:

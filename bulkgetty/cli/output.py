@@ -48,9 +48,17 @@ class Emitter:
         #: POSTs on the wire now (set by `run`): what a first Ctrl-C waits for.
         self.purchases_in_flight: Callable[[], int] = lambda: 0
 
+    @property
+    def screen(self) -> TextIO | None:
+        """Where the live display draws: stdout when it is a terminal, else stderr; None
+        when there is no live display."""
+        if not self.live:
+            return None
+        return self.out if self.out.isatty() else self.err
+
     def console(self) -> Console:
-        """The live display's console: stdout when it is a terminal, else stderr."""
-        return Console(file=self.out if self.out.isatty() else self.err, highlight=False)
+        """The live display's console (see `screen`)."""
+        return Console(file=self.screen or self.err, highlight=False)
 
     def event(self, event: Event) -> None:
         if isinstance(event, RunFinished):

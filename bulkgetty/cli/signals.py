@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TextIO
 
 __all__ = ("EXIT_INTERRUPTED", "run_with_signals")
 
@@ -16,11 +17,17 @@ EXIT_INTERRUPTED = 130
 
 
 def run_with_signals(
-    coro_fn: Callable[[], Awaitable[int]], *, tty: bool, purchases: Callable[[], int]
+    coro_fn: Callable[[], Awaitable[int]],
+    *,
+    screen: TextIO | None,
+    purchases: Callable[[], int],
 ) -> int:
     """Ctrl-C / SIGTERM stop the run: no new purchase starts, the POSTs on the wire are
     answered and their URIs committed (purchases.py), transfers stop (their `.part` resumes).
-    A second Ctrl-C exits at once, abandoning those POSTs (the next run resolves them)."""
+    A second Ctrl-C exits at once, abandoning those POSTs (the next run resolves them).
+
+    `screen` is the terminal the live display draws on (None: no display): the cursor it
+    hid is shown again there, never written into a stdout that is a file or a pipe."""
 
     async def runner() -> int:
         loop = asyncio.get_running_loop()
@@ -32,9 +39,9 @@ def run_with_signals(
             nonlocal hits
             hits += 1
             if hits > 1:
-                if tty:
-                    sys.stdout.write("\x1b[?25h\n")  # the live display hid the cursor
-                    sys.stdout.flush()
+                if screen is not None:
+                    screen.write("\x1b[?25h\n")  # the live display hid the cursor
+                    screen.flush()
                 sys.stderr.write("bulkgetty: stopped at once; run the same command to resume\n")
                 os._exit(EXIT_INTERRUPTED)
             in_flight = purchases()

@@ -707,6 +707,28 @@ def test_progress_goes_to_stderr_when_only_stderr_is_a_terminal(tmp_path: Path) 
     assert log.read_text().count("\n") == 1 and "\x1b[" not in log.read_text()
 
 
+def test_second_ctrl_c_gives_the_cursor_back_on_the_display_never_in_a_redirected_stdout(
+    tmp_path: Path,
+) -> None:
+    """Display on stderr, stdout a file: the escape that shows the cursor again goes where
+    the display hid it. It used to be written into stdout, a file the user keeps."""
+    ids = [str(7_990_000 + i) for i in range(8)]
+    log = tmp_path / "stdout.txt"
+    with SandboxThread(_slow_videos()) as sb, open(log, "w") as stdout:
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        args = ("run", str(manifest), "--out", str(tmp_path / "o"), "--asset-type", "video")
+        code, screen = _pty_run(
+            (*args, "--concurrency", "2"),
+            clean_env(sb.credentials_env()),
+            interrupt_after=r"spent [1-9]",
+            then=r"Ctrl-C again to exit at once",
+            stdout=stdout.fileno(),
+        )
+    assert code == 130, ANSI.sub("", screen)[-2000:]
+    assert screen.rfind("\x1b[?25h") > screen.rfind("\x1b[?25l")  # cursor back, on stderr
+    assert "\x1b[" not in log.read_text()
+
+
 def test_live_display_shows_files_per_second_labelled_times_and_moving_file_bars(
     tmp_path: Path,
 ) -> None:
