@@ -33,7 +33,7 @@ from bulkgetty.getty.retry import RetryPolicy
 from bulkgetty.stages.acquire import Acquirer, Budget
 from bulkgetty.stages.backend import AsyncJournalLike
 from bulkgetty.stages.files import OutputDir
-from bulkgetty.stages.journal import AsyncJournal
+from bulkgetty.stages.journal import AsyncJournal, on_memory_filesystem
 from bulkgetty.stages.pipeline import Pipeline, Rows, RunContext, aiter_rows
 from bulkgetty.stages.report import Redactor, ReportWriter, RunSummary
 from bulkgetty.stages.workers.pool import WorkerPool
@@ -93,13 +93,15 @@ class Downloader:
 
     async def __aenter__(self) -> Downloader:
         opts = self.options
+        # A folder in memory (tmpfs): small files and journal commits run on the loop.
+        inline = await asyncio.to_thread(on_memory_filesystem, Path(opts.out_dir))
         try:
-            self.out = await asyncio.to_thread(OutputDir, opts.out_dir)
+            self.out = await asyncio.to_thread(OutputDir, opts.out_dir, inline=inline)
         except OSError as exc:
             raise UsageError(f"cannot use output folder {opts.out_dir}: {exc.strerror}") from exc
         except StorageError as exc:  # read-only, full, not ours: the run cannot start
             raise UsageError(str(exc)) from exc
-        self._journal = await _open_journal(opts, Path(self.out.path))
+        self._journal = await _open_journal(opts, Path(self.out.path), inline=inline)
         self._stack.push_async_callback(self._journal.close)
         timeouts = Timeouts(connect=opts.connect_timeout, stall=opts.stall_timeout)
         self.api_session = await self._stack.enter_async_context(new_session(timeouts))
@@ -303,10 +305,11 @@ class Downloader:
         return RunResult(s, ctx.report.path, code, error=ctx.fatal)
 
 
-async def _open_journal(options: RunOptions, out: Path) -> AsyncJournalLike:
-    """The SQLite journal in DIR, or with `ledger` the team's PostgreSQL ledger."""
+async def _open_journal(options: RunOptions, out: Path, *, inline: bool) -> AsyncJournalLike:
+    """The SQLite journal in DIR (`inline`: on the loop's thread), or with `ledger` the team's
+    PostgreSQL ledger."""
     if options.ledger is None:
-        return await AsyncJournal.open(out)
+        return await AsyncJournal.open(out, inline=inline)
     from bulkgetty.stages.ledger.store import AsyncLedger  # psycopg is an optional extra
 
     return await AsyncLedger.open(options.ledger, out, settle=options.history_settle)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from bulkgetty.events import (
 from bulkgetty.getty.auth import Credentials
 from bulkgetty.getty.retry import RetryPolicy
 from bulkgetty.sandbox import Faults, Product, Sandbox, SandboxConfig
+from bulkgetty.stages import engine
 from bulkgetty.stages.engine import Downloader, RunResult
 from bulkgetty.stages.journal import Journal
 
@@ -176,6 +178,37 @@ async def test_every_file_equals_what_the_sandbox_serves(sb: Sandbox, tmp_path: 
     exp = sb.expected("image", "100")
     assert Path(run.row("100")["path"]).name == exp.filename
     assert_no_credentials_at_delivery(sb)
+
+
+async def test_a_folder_in_memory_runs_the_journal_and_small_files_on_the_loop(
+    sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a memory filesystem (tmpfs) no journal thread runs and every file is still exactly
+    what the sandbox serves, bought once; a rerun spends nothing."""
+    seen: list[str] = []
+    monkeypatch.setattr(engine, "on_memory_filesystem", lambda path: seen.append(str(path)) or True)
+    out = tmp_path / "out"
+    batch = [*images(6), Asset("200", "video")]
+    threads: set[str] = set()
+
+    def watch(event: Event) -> None:
+        threads.update(t.name for t in threading.enumerate())
+
+    opts = RunOptions(out_dir=out, api_rate=None, concurrency=4, history_settle=SETTLE)
+    creds = Credentials.from_env(sb.credentials_env())
+    async with asyncio.timeout(45):
+        async with Downloader(creds, opts, api_url=sb.api_url, policy=POLICY, on_event=watch) as d:
+            result = await d.run(batch)
+    assert seen == [str(out)]
+    assert "bulkgetty-journal" not in threads
+    assert result.exit_code == 0 and result.summary.downloaded == len(batch)
+    assert sb.spends_by_asset() == {f"{a.asset_type}/{a.id}": 1 for a in batch}
+    for a in batch:
+        exp = sb.expected(a.asset_type, a.id)
+        assert sha256_of(out / exp.filename) == exp.sha256
+    again = await download(sb, out, batch)
+    assert set(again.status().values()) == {"already_done"}
+    assert total_spends(sb) == len(batch)
 
 
 async def test_rerun_spends_nothing_and_sends_no_request(sb: Sandbox, tmp_path: Path) -> None:

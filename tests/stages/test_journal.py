@@ -35,6 +35,7 @@ from bulkgetty.stages.journal import (
     filesystem_type,
     iter_done,
     journal_mode_for,
+    on_memory_filesystem,
     private_file,
     private_state_dir,
     runs,
@@ -412,10 +413,12 @@ async def test_async_journal_runs_every_call_on_one_thread(tmp_path: Path) -> No
     assert threading.get_ident() not in threads
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 async def test_async_journal_stage_progress_keeps_newest_and_flushes_once(
     tmp_path: Path,
+    inline: bool,
 ) -> None:
-    aj = await AsyncJournal.open(tmp_path)
+    aj = await AsyncJournal.open(tmp_path, inline=inline)
     calls: list[dict[str, bytes]] = []
     real = aj.journal.save_progress
 
@@ -481,14 +484,15 @@ async def test_async_journal_commit_survives_cancellation_of_the_caller(tmp_path
         await aj.close()
 
 
-async def test_async_journal_open_refuses_a_locked_folder(tmp_path: Path) -> None:
-    aj = await AsyncJournal.open(tmp_path)
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+async def test_async_journal_open_refuses_a_locked_folder(tmp_path: Path, inline: bool) -> None:
+    aj = await AsyncJournal.open(tmp_path, inline=inline)
     try:
         with pytest.raises(JournalError):
-            await AsyncJournal.open(tmp_path)
+            await AsyncJournal.open(tmp_path, inline=inline)
     finally:
         await aj.close()
-    aj2 = await AsyncJournal.open(tmp_path)
+    aj2 = await AsyncJournal.open(tmp_path, inline=inline)
     await aj2.close()
 
 
@@ -761,6 +765,34 @@ def test_filesystem_type_is_the_longest_mount_holding_the_path(path: str, fstype
     assert filesystem_type(Path(path)) == fstype
 
 
+@pytest.mark.parametrize(
+    ("path", "memory"),
+    [
+        ("/nonexistent-bg/shm/out", True),  # tmpfs
+        ("/nonexistent-bg/ram", True),  # ramfs
+        ("/nonexistent-bg/out", False),  # ext4 (/)
+        ("/nonexistent-bg/shm/over/x", False),  # an overlay mounted inside the tmpfs
+    ],
+)
+def test_only_tmpfs_and_ramfs_are_memory_filesystems(
+    monkeypatch: pytest.MonkeyPatch, path: str, memory: bool
+) -> None:
+    """What decides that the journal and small files run on the loop (no thread hop)."""
+    real = Path.read_text
+    table = (
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "tmpfs /nonexistent-bg/shm tmpfs rw 0 0\n"
+        "none /nonexistent-bg/ram ramfs rw 0 0\n"
+        "over /nonexistent-bg/shm/over overlay rw 0 0\n"
+    )
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        return table if str(self) == "/proc/self/mounts" else real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    assert on_memory_filesystem(Path(path)) is memory
+
+
 def test_filesystem_type_is_unknown_without_a_mount_table(monkeypatch: pytest.MonkeyPatch) -> None:
     def unreadable(self: Path, *args: Any, **kwargs: Any) -> str:
         raise PermissionError(str(self))
@@ -811,9 +843,10 @@ def _sqlite_error(code: int, message: str = "database or disk is full") -> sqlit
     return error
 
 
-async def test_async_journal_reports_a_full_disk_as_disk_full(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+async def test_async_journal_reports_a_full_disk_as_disk_full(tmp_path: Path, inline: bool) -> None:
     """SQLITE_FULL becomes DiskFullError (the run stops); another sqlite error stays itself."""
-    aj = await AsyncJournal.open(tmp_path)
+    aj = await AsyncJournal.open(tmp_path, inline=inline)
 
     def fail(code: int) -> None:
         raise _sqlite_error(code)
@@ -968,12 +1001,14 @@ def test_no_room_for_the_reserve_leaves_none_and_the_journal_opens(
         j.close()
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 async def test_a_full_disk_commit_is_retried_once_the_reserve_is_given_back(
     tmp_path: Path,
+    inline: bool,
 ) -> None:
     """The commit of a paid URI fails on a full disk: the reserve is released and the same
     call commits; a second full disk has no reserve left and reports disk full."""
-    aj = await AsyncJournal.open(tmp_path)
+    aj = await AsyncJournal.open(tmp_path, inline=inline)
     full = [_sqlite_error(sqlite3.SQLITE_FULL)]
     run = await aj.call(aj.journal.begin_run, "m")
     [a] = await aj.call(aj.journal.upsert, [Asset("1")], run)
@@ -998,8 +1033,9 @@ async def test_a_full_disk_commit_is_retried_once_the_reserve_is_given_back(
 # ------------------------------------------------------------------ AsyncJournal lifecycle
 
 
-async def test_async_journal_refuses_calls_once_closed(tmp_path: Path) -> None:
-    aj = await AsyncJournal.open(tmp_path)
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+async def test_async_journal_refuses_calls_once_closed(tmp_path: Path, inline: bool) -> None:
+    aj = await AsyncJournal.open(tmp_path, inline=inline)
     await aj.close()
     with pytest.raises(JournalError, match=r"^the journal is closed$"):
         await aj.call(aj.journal.begin_run, "m")
@@ -1016,8 +1052,40 @@ async def test_async_journal_thread_is_named_and_never_keeps_the_process_alive(
         await aj.close()
 
 
-async def test_async_journal_passes_keyword_arguments(tmp_path: Path) -> None:
-    aj = await AsyncJournal.open(tmp_path)
+async def test_an_inline_journal_commits_on_the_loop_thread_and_starts_no_thread(
+    tmp_path: Path,
+) -> None:
+    """On a memory filesystem the journal has no thread: a call has committed (another
+    connection reads it) by the time it returns, on the event loop's own thread."""
+    before = {t.name for t in threading.enumerate()}
+    aj = await AsyncJournal.open(tmp_path, inline=True)
+    try:
+        callers: list[str] = []
+
+        def intent(key: str) -> None:
+            callers.append(threading.current_thread().name)
+            aj.journal.record_intent(key)
+
+        run = await aj.call(aj.journal.begin_run, "m")
+        [a] = await aj.call(aj.journal.upsert, [Asset("1")], run)
+        await aj.call(intent, a.key)
+        assert callers == [threading.current_thread().name]
+        reader = Journal(tmp_path, lock=False, read_only=True)
+        try:
+            rec = reader.get(a.key)
+            assert rec is not None and rec.state is AssetState.INTENT
+        finally:
+            reader.close()
+        assert {t.name for t in threading.enumerate()} <= before
+    finally:
+        await aj.close()
+    with pytest.raises(JournalError, match=r"^the journal is closed$"):
+        await aj.call(aj.journal.begin_run, "m")
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+async def test_async_journal_passes_keyword_arguments(tmp_path: Path, inline: bool) -> None:
+    aj = await AsyncJournal.open(tmp_path, inline=inline)
     try:
         run = await aj.call(aj.journal.begin_run, "m")
         [a] = await aj.call(aj.journal.upsert, [Asset("1")], run)
@@ -1086,8 +1154,9 @@ async def test_async_journal_futures_are_retrieved_without_asyncio_errors(
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
-async def test_staged_refusals_are_written_by_flush(tmp_path: Path) -> None:
-    aj = await AsyncJournal.open(tmp_path)
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+async def test_staged_refusals_are_written_by_flush(tmp_path: Path, inline: bool) -> None:
+    aj = await AsyncJournal.open(tmp_path, inline=inline)
     try:
         run = await aj.call(aj.journal.begin_run, "m")
         a, b = await aj.call(aj.journal.upsert, assets(2), run)
@@ -1155,8 +1224,11 @@ async def test_a_group_carries_at_most_group_limit_calls(
         await aj.close()
 
 
-async def test_a_failure_other_than_a_full_disk_keeps_the_reserve(tmp_path: Path) -> None:
-    aj = await AsyncJournal.open(tmp_path)
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+async def test_a_failure_other_than_a_full_disk_keeps_the_reserve(
+    tmp_path: Path, inline: bool
+) -> None:
+    aj = await AsyncJournal.open(tmp_path, inline=inline)
     calls = 0
 
     def broken() -> None:

@@ -21,11 +21,13 @@ from bulkgetty.stages.journal.queries import (
 from bulkgetty.stages.journal.records import AssetState, Record, RunTotals
 from bulkgetty.stages.journal.sqlite import SCHEMA_VERSION, Journal
 from bulkgetty.stages.journal.storage import (
+    MEMORY_FILESYSTEMS,
     NETWORK_FILESYSTEMS,
     RESERVE_BYTES,
     STATE_DIR,
     filesystem_type,
     journal_mode_for,
+    on_memory_filesystem,
     private_file,
     private_state_dir,
 )
@@ -33,6 +35,7 @@ from bulkgetty.stages.journal.writer import GROUP_LIMIT, AsyncJournal, StagedWri
 
 __all__ = (
     "GROUP_LIMIT",
+    "MEMORY_FILESYSTEMS",
     "NETWORK_FILESYSTEMS",
     "RESERVE_BYTES",
     "SCHEMA_VERSION",
@@ -48,6 +51,7 @@ __all__ = (
     "filesystem_type",
     "iter_done",
     "journal_mode_for",
+    "on_memory_filesystem",
     "private_file",
     "private_state_dir",
     "runs",

@@ -21,12 +21,14 @@ from typing import Final
 from bulkgetty.errors import JournalError
 
 __all__ = (
+    "MEMORY_FILESYSTEMS",
     "NETWORK_FILESYSTEMS",
     "RESERVE_BYTES",
     "STATE_DIR",
     "filesystem_type",
     "journal_mode_for",
     "keep_reserve",
+    "on_memory_filesystem",
     "private_file",
     "private_state_dir",
     "release_reserve",
@@ -120,6 +122,16 @@ def journal_mode_for(state_dir: Path) -> str:
     if forced in ("WAL", "DELETE", "TRUNCATE", "PERSIST"):
         return forced
     return "DELETE" if filesystem_type(state_dir) in NETWORK_FILESYSTEMS else "WAL"
+
+
+#: Filesystem types (as /proc/self/mounts names them) kept in memory: an fsync there costs
+#: nothing and a file operation microseconds.
+MEMORY_FILESYSTEMS: Final = frozenset({"tmpfs", "ramfs"})
+
+
+def on_memory_filesystem(path: Path) -> bool:
+    """Whether `path` (or the folder it would be created in) lies on a memory filesystem."""
+    return filesystem_type(path) in MEMORY_FILESYSTEMS
 
 
 #: Filesystem types (as /proc/self/mounts names them) shared between hosts.

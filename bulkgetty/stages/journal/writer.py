@@ -5,6 +5,11 @@ not shared across threads and writes are serialised for free. Calls that queue u
 thread is committing share its next commit (group commit): each caller still resumes only once
 its change is durable, but sixteen workers pay for one fsync instead of sixteen. Progress is
 batched by the caller (`stage_progress`), so the journal is never the bottleneck.
+
+On a memory filesystem (`inline`), there is no thread: an fsync there costs nothing, and each
+hop to a thread and back cost more CPU than the commit itself (the GIL handed back and forth
+at every statement; benchmarks README, issue 16). Every call then runs, and commits, on the
+event loop's thread before `call` returns.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ GROUP_LIMIT: Final = 256
 @dataclass(slots=True)
 class _Call:
     fn: Callable[[], Any]
-    future: asyncio.Future[Any]
+    #: None for a call run inline (no thread to come back from).
+    future: asyncio.Future[Any] | None
     #: Run outside any group (closing the database must not happen inside a transaction).
     alone: bool = False
     ok: bool = False
@@ -93,16 +99,23 @@ class AsyncJournal(StagedWrites[Journal]):
     """
 
     def __init__(
-        self, journal: Journal, inbox: queue.SimpleQueue[_Call | None], thread: threading.Thread
+        self,
+        journal: Journal,
+        inbox: queue.SimpleQueue[_Call | None],
+        thread: threading.Thread | None,
     ) -> None:
         super().__init__(journal)
         self._inbox = inbox
+        #: None: every call runs inline on the event loop's thread.
         self._thread = thread
         self._closed = False
 
     @classmethod
-    async def open(cls, out_dir: Path) -> AsyncJournal:
-        """Open the journal on the thread that will own it for its whole life."""
+    async def open(cls, out_dir: Path, *, inline: bool = False) -> AsyncJournal:
+        """Open the journal on the thread that will own it for its whole life: its own, or
+        with `inline` (a memory filesystem, see the module docstring) the event loop's."""
+        if inline:
+            return cls(Journal(out_dir), queue.SimpleQueue(), None)
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[Journal] = loop.create_future()
         inbox: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
@@ -132,6 +145,8 @@ class AsyncJournal(StagedWrites[Journal]):
     async def _submit(self, fn: Callable[[], T], *, alone: bool) -> T:
         if self._closed:
             raise JournalError("the journal is closed")
+        if self._thread is None:
+            return _run_inline(self.journal, fn)
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         # If the caller is cancelled meanwhile (a run stopping on a full disk), nobody awaits
         # the failure: retrieve it here so asyncio prints no "never retrieved" traceback.
@@ -147,8 +162,9 @@ class AsyncJournal(StagedWrites[Journal]):
             await self._submit(self.journal.close, alone=True)
         finally:
             self._closed = True
-            self._inbox.put(None)
-            await asyncio.to_thread(self._thread.join)
+            if self._thread is not None:
+                self._inbox.put(None)
+                await asyncio.to_thread(self._thread.join)
 
 
 def _serve(
@@ -181,6 +197,16 @@ def _serve(
             batch.append(nxt)
         _run_group(journal, batch)
         loop.call_soon_threadsafe(_deliver, batch)
+
+
+def _run_inline(journal: Journal, fn: Callable[[], T]) -> T:
+    """One call on the caller's thread, with the same full-disk retry as a thread's group."""
+    call = _Call(fn, None)
+    _run_group(journal, [call])
+    if not call.ok:
+        raise call.result
+    result: T = call.result
+    return result
 
 
 def _run_group(journal: Journal, batch: list[_Call]) -> None:
@@ -235,7 +261,7 @@ def _run_one(call: _Call) -> None:
 
 def _deliver(batch: list[_Call]) -> None:
     for call in batch:
-        if call.future.cancelled():
+        if call.future is None or call.future.cancelled():
             continue
         if call.ok:
             call.future.set_result(call.result)
