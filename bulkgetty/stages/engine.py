@@ -112,6 +112,7 @@ class Downloader:
         self.pool = _worker_pool(opts, self.out, self._journal, timeouts, limit)
         if self.pool is not None:
             self._stack.push_async_callback(self.pool.close)
+            self.pool.warm_up()  # the workers' interpreters start while the run gets ready
         self.limiter = await _open_limiter(opts, self._stack)
         self.tokens = TokenProvider(
             self.api_session,
@@ -210,8 +211,6 @@ class Downloader:
         if self.options.journal_meta:
             await j.call(j.journal.bind_meta, dict(self.options.journal_meta))
         run_id = await j.call(j.journal.begin_run, manifest)
-        if self.pool is not None:
-            self.pool.warm_up()
         acquirer = Acquirer(
             self.client,
             j,

@@ -151,8 +151,9 @@ class _Process:
 class WorkerPool:
     """N worker processes for the transfer stage (see the module docstring).
 
-    Started lazily by the first `transfer`, so a `Downloader` that only plans spawns none.
-    `held` reads, when the workers start, the names the journal keeps for unfinished assets
+    Started by `warm_up` (the Downloader calls it as it opens) or else by the first
+    `transfer`; a worker that died is replaced by the next `transfer`. `held` reads, when
+    the workers start, the names the journal keeps for unfinished assets
     (`part_names_in_use`; why: names.py).
     """
 
@@ -262,7 +263,7 @@ class WorkerPool:
 
     def warm_up(self) -> None:
         """Start the workers now, in the background: their interpreters start while the run
-        reads its manifest and buys, instead of in front of the first transfer."""
+        gets its token, reads the journal and buys, not in front of the first transfer."""
         if self._warming is None:
             self._warming = asyncio.create_task(self._warm())
 
