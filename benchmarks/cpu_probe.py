@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cpu-probe-", dir="/dev/shm"))
     dest_root = work
     if args.disk:
+        (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
         dest_root = Path(tempfile.mkdtemp(prefix="probe-", dir=REPO / "benchmarks" / "results"))
     servers = ServerSet()
     tls = make_tls() if args.tls else None
