@@ -20,6 +20,7 @@ from bulkgetty.stages.transfer import TransferOptions, TransferResult, TransferS
 from bulkgetty.stages.workers.pool import WorkerPool
 
 MiB = 2**20
+ONE_STREAM = TransferOptions(segments=1)
 
 
 @dataclass
@@ -42,7 +43,8 @@ class Files:
             return web.Response(status=self.status[name], text="no")
         body, rng = self.bodies[name], request.headers.get("Range")
         self.ranges.append(rng)
-        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        first, _, last = rng.split("=")[1].partition("-") if rng else ("0", "", "")
+        start, end = int(first), int(last) + 1 if last else len(body)
         headers = {
             "ETag": '"v1"',
             "Accept-Ranges": "bytes",
@@ -50,16 +52,16 @@ class Files:
             "Content-Disposition": f"attachment; filename={name}",
         }
         if rng:
-            headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(body)}"
         resp = web.StreamResponse(status=206 if rng else 200, headers=headers)
-        resp.content_length = len(body) - start
+        resp.content_length = end - start
         await resp.prepare(request)
         hold = self.hold.get(name)
         if hold is not None and start == 0:
             await resp.write(body[:hold])
             await asyncio.wait_for(self.go.wait(), 60)
             start = hold
-        await resp.write(body[start:])
+        await resp.write(body[start:end])
         await resp.write_eof()
         return resp
 
@@ -115,6 +117,7 @@ async def _fetch(
     *,
     owner: str = "k1",
     state: TransferState | None = None,
+    options: TransferOptions = ONE_STREAM,
 ) -> TransferResult:
     async def on_new_part(new: TransferState) -> None:
         calls.new_parts.append(new)
@@ -128,7 +131,7 @@ async def _fetch(
             owner=owner,
             asset_id="1",
             state=state,
-            options=TransferOptions(segments=1),
+            options=options,
             on_state=calls.on_state,
             on_progress=calls.on_progress,
             on_new_part=on_new_part,
@@ -160,6 +163,26 @@ async def test_files_from_two_workers_are_whole_and_the_callbacks_hear_every_byt
         assert (out.path / name).read_bytes() == body
         assert heard.progress == len(body)
     assert not list(out.path.glob("*.part"))
+
+
+async def test_a_segmented_file_is_fetched_in_ranges_by_one_worker(
+    tmp_path: Path, files: Files
+) -> None:
+    """Several connections into one preallocated `.part`, its segments in the states."""
+    body = os.urandom(6 * MiB)
+    files.bodies["seg.mp4"] = body
+    out = OutputDir(tmp_path / "o")
+    pool = _pool(out)
+    calls = Calls()
+    options = TransferOptions(segments=3, segment_threshold=MiB)
+    try:
+        result = await _fetch(pool, out, files.url("seg.mp4"), calls, options=options)
+    finally:
+        await pool.close()
+    assert result.sha256 == hashlib.sha256(body).hexdigest()
+    assert len(calls.new_parts) == 1 and len(calls.new_parts[0].segments) == 3
+    ranges = sorted(r for r in files.ranges if r)
+    assert ranges == ["bytes=2097152-4194303", "bytes=4194304-6291455"]
 
 
 async def test_no_byte_is_written_before_the_new_part_is_committed(
