@@ -60,6 +60,9 @@ sys.modules["bulkgetty"] = front
 from bulkgetty.stages.workers.child import main
 sys.exit(main())
 """
+#: Environment a worker does not get: it never talks to the API or the ledger, so it holds
+#: none of their secrets (a worker's environment is one less place to find them).
+_SECRET_ENV: Final = ("GETTY_", "BULKGETTY_LEDGER")
 #: Longest wait for a cancelled job to stop writing before its worker is killed.
 CANCEL_WAIT: Final = 30.0
 #: Longest wait for a new worker process to say it is ready.
@@ -295,7 +298,8 @@ class WorkerPool:
         return min(live, key=lambda p: len(p.jobs))
 
     async def _start(self) -> _Process:
-        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_SECRET_ENV)}
+        env[PARENT_ENV] = str(os.getpid())
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",

@@ -36,8 +36,9 @@ __all__ = (
 )
 
 _HEADER: Final = struct.Struct(">I")
-#: No frame is this large (a batch of states is kilobytes): a larger length is a broken pipe.
-FRAME_LIMIT: Final = 64 * 2**20
+#: No frame is this large (a batch of states is kilobytes; `init` carries the journal's names
+#: of unfinished files, a few MiB at most): a larger length is a broken pipe.
+FRAME_LIMIT: Final = 2**30
 
 Message = list[Any]
 

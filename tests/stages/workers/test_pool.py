@@ -358,3 +358,20 @@ async def test_a_worker_that_cannot_start_fails_the_transfer_for_good_with_a_hin
     finally:
         await pool.close()
     assert not failed.value.retryable
+
+
+async def test_a_worker_holds_no_api_or_ledger_secret_in_its_environment(
+    tmp_path: Path, files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GETTY_API_SECRET", "s3cret-api")
+    monkeypatch.setenv("BULKGETTY_LEDGER", "postgresql://u:s3cret-db@h/db")
+    files.bodies["a.jpg"] = b"x" * 1000
+    out = OutputDir(tmp_path / "o")
+    pool = _pool(out)
+    try:
+        await _fetch(pool, out, files.url("a.jpg"), Calls())
+        (pid,) = pool.pids
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        await pool.close()
+    assert b"s3cret" not in environ and b"BULKGETTY_WORKER_PARENT" in environ
