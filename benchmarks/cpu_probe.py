@@ -83,6 +83,8 @@ def run_once(
         if wrap[0] in ("python", "python3"):
             cmd[0] = sys.executable
     child_env = {**env, "PYTHONPATH": str(tree.src)}
+    if args.disk:
+        os.sync()  # no writeback of the run before lands in this one (as the harness does)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=child_env, cwd=tree.src, stdin=subprocess.DEVNULL)
     _pid, status, ru = os.wait4(proc.pid, 0)

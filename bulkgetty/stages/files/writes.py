@@ -2,7 +2,9 @@
 
 Every blocking call that may take a millisecond (open with O_CREAT, pwrite, fsync, rename,
 hashing) runs in a worker thread, so one slow disk operation does not stall every transfer
-on the event loop (baseline.md: open(O_CREAT) costs ~1 ms on ext4). The rename never
+on the event loop (baseline.md: open(O_CREAT) costs ~1 ms on ext4). The one exception is a
+small file's finish on a memory filesystem (`OutputDir.inline`): there every call here takes
+microseconds and the thread hop cost more than all of them. The rename never
 replaces an existing file (renameat2 RENAME_NOREPLACE). OS errors become `StorageError`
 naming the path and the cause; the `.part` stays for resume.
 """
