@@ -8,6 +8,7 @@ secret can reach the report even if some lower layer let one into an error messa
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -62,7 +63,7 @@ class Outcome:
             asset_type=self.asset.asset_type,
             product_type=self.asset.product_type,
             status=self.status.value,
-            path=str(out_dir / self.path) if self.path else None,
+            path=os.path.join(out_dir, self.path) if self.path else None,
             bytes=self.size,
             sha256=self.sha256,
             error=self.error,
