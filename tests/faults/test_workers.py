@@ -17,7 +17,8 @@ import pytest
 
 from bulkgetty.sandbox import SandboxConfig
 from tests.faults.conftest import Matrix, audit
-from tests.harness import clean_env, cli, report, sandbox, start_cli, write_ids
+from tests.faults.test_process import _kill_at_random_points
+from tests.harness import RUN_DEFAULTS, clean_env, cli, report, sandbox, start_cli, write_ids
 
 MiB = 2**20
 #: A 20-28 MB video at 8 MB/s takes about 3 s: long enough to be cut well past its first
@@ -135,6 +136,22 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_kill_9_at_10_random_points_of_a_60_asset_run_with_two_workers(
+    tmp_path: Path, matrix: Matrix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """test_process's power cuts at random moments, every run with `--workers 2`: a kill of
+    the main process takes its workers along wherever they are (a write, a rename)."""
+    monkeypatch.setitem(RUN_DEFAULTS, "--workers", "2")
+    _kill_at_random_points(
+        tmp_path,
+        matrix,
+        assets=60,
+        kills=10,
+        fault="kill -9 x10, 60 assets, 2 workers",
+        seed=20261203,
+    )
 
 
 def test_kill_9_of_the_main_process_takes_its_workers_along_and_the_rerun_finishes(
