@@ -231,8 +231,8 @@ class Downloader:
             delivery_session=self.delivery_session,
             emit=self._emit,
         )
-        if self.pool is not None:
-            ctx.transfer = self.pool.transfer
+        if (pool := self.pool) is not None:
+            ctx.transfer, ctx.workers_died = pool.transfer, lambda: pool.deaths > 0
         self._emit(RunStarted(out_dir=str(self.out.path), manifest=manifest, run_id=run_id))
         try:
             await self._stages(ctx, rows if unique else _unique(rows), run_id)

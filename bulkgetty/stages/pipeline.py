@@ -69,6 +69,8 @@ class RunContext:
     emit: Callable[[Event], None]
     #: `stages.transfer.transfer`, or a worker pool's call of the same signature.
     transfer: Callable[..., Awaitable[TransferResult]] = transfer
+    #: Whether a worker process died during this run (a whole file it renamed may be unowned).
+    workers_died: Callable[[], bool] = lambda: False
     summary: RunSummary = field(default_factory=RunSummary)
     started_wall: float = field(default_factory=time.time)
     #: Rows the planner has read, and assets it has looked up.

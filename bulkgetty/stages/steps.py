@@ -199,13 +199,16 @@ class AssetSteps:
     async def _collapse_duplicate(self, result: TransferResult) -> str:
         """`NAME (2).ext` that is a byte-for-byte copy of an unowned `NAME.ext` older than this
         run is what a kill after the rename leaves when the journal never heard the name (a
-        small file): keep the original, drop the copy, and return the name to record."""
+        small file): keep the original, drop the copy, and return the name to record. A
+        worker process killed after its rename leaves the same within this run."""
         base = _COPY_SUFFIX.sub(r"\1", result.name, count=1)
         if base == result.name:
             return result.name
         out, j = self.ctx.out, self.ctx.journal
         st = await asyncio.to_thread(out.renamed_stat, base)
-        if st is None or st.st_size != result.bytes or st.st_mtime >= self.ctx.started_wall:
+        if st is None or st.st_size != result.bytes:
+            return result.name
+        if st.st_mtime >= self.ctx.started_wall and not self.ctx.workers_died():
             return result.name
         if await j.call(j.journal.uses_name, base):
             return result.name

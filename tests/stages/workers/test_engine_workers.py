@@ -59,3 +59,54 @@ async def test_a_run_with_two_workers_fetches_every_file_once_and_buys_each_once
         assert hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest() == exp.sha256
     assert sb.spends_by_asset() == {f"{a.asset_type}/{a.id}": 1 for a in assets}
     assert not list(out.glob("*.part"))
+
+
+def _boot_that_dies_after_a_rename(marker: Path) -> str:
+    """A worker interpreter that SIGKILLs itself right after its 2nd `.part` -> NAME rename
+    (once: the marker file stops the workers started after it): the file is whole under its
+    name, and the main process never heard of it."""
+    from bulkgetty.stages.workers import pool
+
+    trap = f"""
+import os, signal
+from pathlib import Path
+from bulkgetty.stages.files import writes
+marker, real, count = Path({str(marker)!r}), writes._rename_noreplace, [0]
+def rename_then_die(src, dst):
+    real(src, dst)
+    count[0] += 1
+    if count[0] == 2 and not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+writes._rename_noreplace = rename_then_die
+"""
+    head, tail = pool.BOOT.split("from bulkgetty.stages.workers.child import main")
+    return head + trap + "from bulkgetty.stages.workers.child import main" + tail
+
+
+async def test_a_worker_killed_after_a_rename_leaves_no_second_copy_of_the_file(
+    sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry fetches the file again as `NAME (2).ext` (its first copy was never
+    reported); the whole `NAME.ext` the dead worker left is kept and the copy dropped."""
+    marker = tmp_path / "died"
+    monkeypatch.setattr(
+        "bulkgetty.stages.workers.pool.BOOT", _boot_that_dies_after_a_rename(marker)
+    )
+    assets = [Asset(str(300 + i)) for i in range(6)]
+    out = tmp_path / "out"
+    opts = RunOptions(out_dir=out, api_rate=None, concurrency=3, workers=1, history_settle=0.2)
+    creds = Credentials.from_env(sb.credentials_env())
+    async with asyncio.timeout(45):
+        async with Downloader(creds, opts, api_url=sb.api_url, policy=POLICY) as d:
+            result = await d.run(assets)
+            assert d.pool is not None and d.pool.deaths == 1
+    assert marker.exists() and result.exit_code == 0
+    rows = [orjson.loads(line) for line in result.report_path.read_bytes().splitlines()]
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(
+        p.name for p in out.iterdir() if p.name != ".bulkgetty"
+    ), "a file in the folder belongs to no asset"
+    for row in rows:
+        exp = sb.expected(row["asset_type"], row["id"])
+        assert hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest() == exp.sha256
+    assert sb.spends_by_asset() == {f"image/{a.id}": 1 for a in assets}
