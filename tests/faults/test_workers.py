@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +19,17 @@ import pytest
 from bulkgetty.sandbox import SandboxConfig
 from tests.faults.conftest import Matrix, audit
 from tests.faults.test_process import _kill_at_random_points
-from tests.harness import RUN_DEFAULTS, clean_env, cli, report, sandbox, start_cli, write_ids
+from tests.harness import (
+    REPO,
+    RUN_DEFAULTS,
+    clean_env,
+    cli,
+    command,
+    report,
+    sandbox,
+    start_cli,
+    write_ids,
+)
 
 MiB = 2**20
 #: A 20-28 MB video at 8 MB/s takes about 3 s: long enough to be cut well past its first
@@ -95,12 +106,14 @@ def test_kill_9_of_a_worker_mid_file_resumes_its_files_and_buys_nothing_twice(
         matrix.check(result, note=f"{note}, {result.refetched:,} B fetched again")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT])
-def test_ctrl_c_of_a_run_with_workers_keeps_the_parts_and_the_rerun_finishes(
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_to_the_process_group_keeps_the_parts_and_the_rerun_finishes(
     tmp_path: Path, matrix: Matrix, sig: signal.Signals
 ) -> None:
-    """Ctrl-C reaches the main process only (workers ignore SIGINT): it cancels the jobs,
-    which stop writing and keep their `.part`; exit 130; the rerun resumes, spends nothing."""
+    """Ctrl-C on a terminal (or a service manager's SIGTERM) reaches the whole process group:
+    the workers ignore it, the main process stops as in one process (cancels the jobs, which
+    keep their `.part`), exits 130, and no worker outlives it; the rerun resumes and spends
+    nothing."""
     ids = [str(9_931_000 + i) for i in range(3)]
     with sandbox(LARGE) as sb:
         env = clean_env(sb.credentials_env())
@@ -108,24 +121,35 @@ def test_ctrl_c_of_a_run_with_workers_keeps_the_parts_and_the_rerun_finishes(
         out = tmp_path / "o"
         args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
         args += ("--workers", "2")
-        proc = start_cli(*args, env=env)
+        proc = subprocess.Popen(
+            command(args),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,  # its own process group, as a terminal's job has
+        )
         _wait_for_part(out, 10 * MiB)
         workers = worker_pids(proc.pid)
-        proc.send_signal(sig)
+        assert workers, "no worker process found"
+        os.killpg(proc.pid, sig)
         stopped = proc.communicate(timeout=60)
         assert proc.returncode == 130, stopped[1]
+        assert "Traceback" not in stopped[1]  # no worker died of the signal
         for pid in workers:
-            assert not Path(f"/proc/{pid}").exists() or _zombie(pid), "a worker outlived the run"
+            assert not _alive(pid), "a worker outlived the run"
         spent = sum(sb.spends_by_asset().values())
         done = cli(*args, env=env, timeout=120)
         assert done.returncode == 0, done.stderr
         assert sum(sb.spends_by_asset().values()) == spent == len(ids)
+        name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
         result = audit(
             sb,
             out,
             ids,
             [stopped, done],
-            fault="Ctrl-C of a run with 2 workers",
+            fault=f"{name} to the process group of a run with 2 workers",
             asset_type="video",
         )
         matrix.check(result, note=f"{result.refetched:,} B fetched again")

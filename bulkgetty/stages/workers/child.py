@@ -5,7 +5,9 @@ with threads and a loop). Frames come on stdin and go out on the descriptor that
 stdout itself is pointed at stderr, so a stray print cannot break a frame. The worker dies
 with the main process (PR_SET_PDEATHSIG where Linux has it, else at the end of stdin): a
 worker left writing into a `.part` while a rerun resumes the same file would corrupt it.
-Ctrl-C is the main process's to handle (it cancels the jobs); the worker ignores SIGINT.
+Ctrl-C and SIGTERM are the main process's to handle (it stops buying and cancels the jobs,
+which save their progress): a worker ignores both, also when they reach its whole process
+group (a terminal, a service manager), and ends when the main process does.
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ async def _stdio() -> None:
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     asyncio.run(_stdio())
     sys.stdout.flush()
