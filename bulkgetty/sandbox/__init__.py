@@ -15,6 +15,7 @@ Control surface on the API origin, for out-of-process tests (no auth):
                                        "delivery_requests": [{"origin", "method",
                                        "path", "headers"}, ...]}
     POST /__sandbox__/reset_quota  -> {"ok": true}; every product back to its limit
+    POST /__sandbox__/clear_history -> {"ok": true}; no download in the account's history
 
 Delivery URIs look like `{delivery}/{asset_type}/{file}?exp=<unix>&sig=<hmac hex>`; see
 `bulkgetty.sandbox.content` for the file naming that `write_corpus` reproduces for an

@@ -483,6 +483,11 @@ async def control_reset_quota(request: web.Request) -> web.StreamResponse:
     return _json({"ok": True})
 
 
+async def control_clear_history(request: web.Request) -> web.StreamResponse:
+    _state(request).clear_history()
+    return _json({"ok": True})
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Unknown routes and methods answer a JSON envelope, as Getty's gateway does, never
@@ -517,4 +522,5 @@ def build_api_app(state: SandboxState, delivery_urls: list[str]) -> web.Applicat
     app.router.add_get("/media/{asset_type}/{id}/{name}", metadata.display_image)
     app.router.add_get("/__sandbox__/state", control_state)
     app.router.add_post("/__sandbox__/reset_quota", control_reset_quota)
+    app.router.add_post("/__sandbox__/clear_history", control_clear_history)
     return app

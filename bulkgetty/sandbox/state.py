@@ -132,6 +132,10 @@ class SandboxState:
     def reset_quota(self) -> None:
         self.remaining = {p.id: p.initial_remaining for p in self.config.products}
 
+    def clear_history(self) -> None:
+        """A fresh account: no download in its history (quotas and counters unchanged)."""
+        self.ledger.clear()
+
     def spends_by_asset(self) -> collections.Counter[str]:
         return collections.Counter(f"{s.asset_type}/{s.id}" for s in self.ledger if s.charged)
 

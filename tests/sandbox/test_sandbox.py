@@ -831,6 +831,9 @@ async def test_control_state_and_reset_quota(sandbox: Sandbox, session):
     async with session.post(f"{sandbox.api_url}/__sandbox__/reset_quota") as resp:
         assert resp.status == 200
     assert sandbox.remaining[1001] == 1000
+    async with session.post(f"{sandbox.api_url}/__sandbox__/clear_history") as resp:
+        assert resp.status == 200
+    assert sandbox.spends_by_asset() == {}  # a fresh account: nothing in its history
 
 
 def test_sandbox_thread_from_sync_code() -> None:
