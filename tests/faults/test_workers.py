@@ -106,6 +106,42 @@ def test_kill_9_of_a_worker_mid_file_resumes_its_files_and_buys_nothing_twice(
         matrix.check(result, note=f"{note}, {result.refetched:,} B fetched again")
 
 
+def test_kill_9_of_workers_among_many_small_files_leaves_one_file_per_asset(
+    tmp_path: Path, matrix: Matrix
+) -> None:
+    """Three kills of a worker while 150 small files stream (each finished in one hop, its
+    name never journaled before its rename): the run finishes by itself, one file per asset
+    (a file a dead worker renamed unreported is kept, its refetched copy dropped), each asset
+    bought once."""
+    ids = [str(9_933_000 + i) for i in range(150)]
+    config = SandboxConfig(image_bytes=(100_000, 600_000), bandwidth=1_500_000)
+    with sandbox(config) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out), "--workers", "2")
+        proc = start_cli(*args, "--concurrency", "16", env=env)
+        killed = []
+        for done in (20, 50, 80):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if sum(1 for p in out.glob("*.jpg")) >= done:
+                    break
+                time.sleep(0.02)
+            pids = worker_pids(proc.pid)
+            if pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pids[len(killed) % len(pids)], signal.SIGKILL)
+                    killed.append(pids[0])
+        stdout, stderr = proc.communicate(timeout=120)
+        assert killed, "no worker was killed"
+        assert proc.returncode == 0, stderr
+        result = audit(
+            sb, out, ids, [(stdout, stderr)], fault="kill -9 of a worker x3, 150 small files"
+        )
+        matrix.check(result, note=f"{len(killed)} workers killed")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stop_signal_to_the_process_group_keeps_the_parts_and_the_rerun_finishes(
     tmp_path: Path, matrix: Matrix, sig: signal.Signals
