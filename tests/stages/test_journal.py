@@ -863,6 +863,35 @@ async def test_async_journal_reports_a_full_disk_as_disk_full(tmp_path: Path, in
         await aj.close()
 
 
+async def test_an_error_that_escapes_a_group_fails_its_calls_and_the_thread_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, an exception outside the group's own handling ended the journal thread: its
+    callers and every later one waited forever (a run that hangs after it spent)."""
+    aj = await AsyncJournal.open(tmp_path)
+    run = await aj.call(aj.journal.begin_run, "m")
+    batch = assets(2)
+    await aj.call(aj.journal.upsert, batch, run)
+
+    def escapes() -> bool:
+        raise KeyboardInterrupt("not an Exception: no handler of the group catches it")
+
+    monkeypatch.setattr(aj.journal, "release_reserve", escapes)
+    full = _sqlite_error(sqlite3.SQLITE_FULL)
+
+    def record_full() -> None:
+        raise full
+
+    try:
+        with pytest.raises(JournalError, match="journal thread failed"):
+            await asyncio.wait_for(aj.call(record_full), 10)
+        await asyncio.wait_for(aj.call(aj.journal.record_intent, batch[0].key), 10)
+        rec = await aj.call(aj.journal.get, batch[0].key)
+        assert rec is not None and rec.state is AssetState.INTENT  # the thread still serves
+    finally:
+        await aj.close()
+
+
 async def test_async_journal_fails_every_call_of_a_group_whose_commit_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

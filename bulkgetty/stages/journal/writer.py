@@ -195,7 +195,12 @@ def _serve(
                 carried.append(nxt)
                 break
             batch.append(nxt)
-        _run_group(journal, batch)
+        try:
+            _run_group(journal, batch)
+        except BaseException as exc:  # a bug, never a hang: every caller hears of it
+            error = JournalError(f"journal thread failed: {exc!r}")
+            for call in batch:
+                call.ok, call.result = False, error
         loop.call_soon_threadsafe(_deliver, batch)
 
 
