@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import os
 import signal
 import sys
@@ -167,7 +168,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     if not first or first[0][0] != "init":
         return
     init: dict[str, Any] = first[0][2]
-    out = WorkerOutputDir(init["out"], init.get("held", ()))
+    out = WorkerOutputDir(init["out"], init.get("held", ()), inline=bool(init.get("inline")))
     timeouts = Timeouts(connect=float(init["connect"]), stall=float(init["stall"]))
     outbox = Outbox(writer)
     flusher = asyncio.create_task(outbox.run())
@@ -215,6 +216,10 @@ async def _stdio() -> None:
 
 
 def main() -> int:
+    # As the command line's process does (bulkgetty/__main__.py says why): a worker frees
+    # almost all it allocates by reference counting, and young collections cost per file.
+    gc.freeze()
+    gc.set_threshold(10_000)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()

@@ -32,8 +32,10 @@ __all__ = ("WorkerOutputDir",)
 class WorkerOutputDir(OutputDir):
     """The output folder as a worker process sees it (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike[str], held: Iterable[str]) -> None:
-        super().__init__(path)
+    def __init__(
+        self, path: str | os.PathLike[str], held: Iterable[str], *, inline: bool = False
+    ) -> None:
+        super().__init__(path, inline=inline)
         #: Casefolded names the journal held for unfinished assets (rule 3).
         self.held = frozenset(name.casefold() for name in held)
         #: owner -> the name the main process granted it for the job now running (rule 2).

@@ -312,6 +312,7 @@ class WorkerPool:
         worker.reader = asyncio.create_task(self._read(worker))
         init = {
             "out": str(self.out.path),
+            "inline": self.out.inline,
             "held": self._held,
             "connect": self.timeouts.connect,
             "stall": self.timeouts.stall,
