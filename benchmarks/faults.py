@@ -42,7 +42,9 @@ def run_matrix(
     """Run pytest on tests/faults with the matrix recorder on; return its status and rows."""
     with tempfile.TemporaryDirectory(prefix="bulkgetty-faults-") as tmp:
         rows_path = Path(tmp) / "rows.jsonl"
-        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults"]
+        # One process: the recorder appends rows from the process that runs the test.
+        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"]
+        args += ["tests/faults"]
         args += ["-m", "not slow" if fast else "slow or not slow"]
         if keyword:
             args += ["-k", keyword]
