@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ("DOUBT", "AssetSteps", "Flight", "Work")
 
 #: The ` (N)` that `OutputDir.reserve` adds before the extension of a colliding name.
-_COPY_SUFFIX: Final = re.compile(r" \(\d+\)(\.[^.]*)?$")
+_COPY_SUFFIX: Final = re.compile(r" \((\d+)\)(\.[^.]*)?$")
 #: States in which an earlier POST may have spent without its URI reaching the journal.
 DOUBT = (AssetState.INTENT, AssetState.IN_DOUBT)
 #: Errors after which no purchase of this run can do better: the run stops buying.
@@ -200,22 +200,36 @@ class AssetSteps:
         """`NAME (2).ext` that is a byte-for-byte copy of an unowned `NAME.ext` older than this
         run is what a kill after the rename leaves when the journal never heard the name (a
         small file): keep the original, drop the copy, and return the name to record. A
-        worker process killed after its rename leaves the same within this run."""
-        base = _COPY_SUFFIX.sub(r"\1", result.name, count=1)
-        if base == result.name:
+        worker process killed after its rename leaves the same within this run. Kills in
+        more than one run can leave more copies (`NAME (2).ext` when this is `NAME (3).ext`):
+        those that are unowned byte-for-byte copies go too."""
+        match = _COPY_SUFFIX.search(result.name)
+        if match is None:
             return result.name
-        out, j = self.ctx.out, self.ctx.journal
-        st = await asyncio.to_thread(out.renamed_stat, base)
-        if st is None or st.st_size != result.bytes:
+        stem, number, ext = result.name[: match.start()], int(match[1]), match[2] or ""
+        base = stem + ext
+        if not await self._orphan_copy(base, result):
             return result.name
-        if st.st_mtime >= self.ctx.started_wall and not self.ctx.workers_died():
-            return result.name
-        if await j.call(j.journal.uses_name, base):
-            return result.name
-        if (await sha256_file(out.final_path(base))).hexdigest() != result.sha256:
-            return result.name
+        out = self.ctx.out
+        for name in (f"{stem} ({n}){ext}" for n in range(2, number)):
+            if await self._orphan_copy(name, result):
+                await asyncio.to_thread(out.remove_duplicate, name, original=base)
         await asyncio.to_thread(out.remove_duplicate, result.name, original=base)
         return base
+
+    async def _orphan_copy(self, name: str, result: TransferResult) -> bool:
+        """Whether `name` is a whole file, owned by no asset in the journal, from before this
+        run (or from a worker that died in it), with exactly `result`'s bytes."""
+        out, j = self.ctx.out, self.ctx.journal
+        st = await asyncio.to_thread(out.renamed_stat, name)
+        if st is None or st.st_size != result.bytes:
+            return False
+        if st.st_mtime >= self.ctx.started_wall and not self.ctx.workers_died():
+            return False
+        if await j.call(j.journal.uses_name, name):
+            return False
+        digest: str = (await sha256_file(out.final_path(name))).hexdigest()
+        return digest == result.sha256
 
     async def _fail(self, record: Record, error: str, *, uri_refused: bool = False) -> Outcome:
         """Keep the .part and its state for the next run, and say why in journal and report."""

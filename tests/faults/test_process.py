@@ -116,6 +116,37 @@ def test_kill_9_around_the_final_rename_keeps_one_file_per_asset(
         matrix.check(result)
 
 
+def test_kills_after_the_rename_in_two_runs_leave_one_file_not_a_copy_per_kill(
+    tmp_path: Path, matrix: Matrix
+) -> None:
+    """A small file's name reaches the journal only with its `done`: a kill right after its
+    rename leaves `NAME.jpg` unowned, a second such kill `NAME (2).jpg`; the third run's
+    `NAME (3).jpg` and every older unowned copy go, `NAME.jpg` stays (the random kill row
+    found two such copies left over)."""
+    ids = ["9715000"]
+    with SandboxThread(SandboxConfig(image_bytes=(50_000, 60_000))) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", ids)
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out))
+        crashed = [
+            cli(*args, env={**env, "BULKGETTY_TEST_CRASH_AT": "after_rename:1"}, prefix=CRASH)
+            for _ in range(2)
+        ]
+        assert [c.returncode for c in crashed] == [-signal.SIGKILL] * 2
+        assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+            "GettyImages-9715000 (2).jpg",
+            "GettyImages-9715000.jpg",
+        ]
+        done = cli(*args, env=env)
+        assert done.returncode == 0, done.stderr
+        result = audit(
+            sb, out, ids, [*crashed, done], fault="kill -9 after the rename x2", root=tmp_path
+        )
+        matrix.check(result)
+        assert [Path(row["path"]).name for row in report(out)] == ["GettyImages-9715000.jpg"]
+
+
 @pytest.mark.parametrize("nth", [4, 9, 15])
 def test_kill_9_inside_a_journal_write_leaves_a_consistent_journal(
     tmp_path: Path, matrix: Matrix, nth: int
