@@ -123,6 +123,7 @@ SCENARIOS: dict[str, Scenario] = {
             "disk",
             durable=True,
             no_fsync_row=True,
+            variants=WORKER_ROWS[:1],
             cpu_per_file_ms=1.2,
             targets=(
                 Target("curl -Z", 1.0, "small: >= 1.0x curl -Z (with sync)"),
