@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -152,3 +153,18 @@ def password_token(sb: SandboxThread) -> dict[str, Any]:
     url = f"{sb.api_url}/oauth2/token"
     with urllib.request.urlopen(url, data=form, timeout=10, context=context) as resp:
         return dict(json.loads(resp.read()))
+
+
+def journaled_bytes(out: Path) -> int:
+    """Bytes of the one transfer the journal has recorded as on disk (0 before any)."""
+    path = out / ".bulkgetty" / "journal.sqlite"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("SELECT transfer FROM assets WHERE transfer IS NOT NULL").fetchall()
+    except sqlite3.Error:
+        return 0  # not created yet
+    finally:
+        db.close()
+    return max((int(json.loads(row[0]).get("done", 0)) for row in rows), default=0)

@@ -7,9 +7,7 @@ the report, the exit code, and the sandbox's spend ledger (spends == unique asse
 
 from __future__ import annotations
 
-import json
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from tests.harness import (
     cli,
     command,
     grant_env,
+    journaled_bytes,
     report,
     start_cli,
     write_ids,
@@ -194,21 +193,6 @@ def test_expired_uri_fails_naming_the_flag_then_the_flag_buys_it_once(tmp_path: 
         assert sb.spends_by_asset()["image/9400002"] == 1
 
 
-def _journaled_bytes(out: Path) -> int:
-    """Bytes of the one transfer the journal has recorded as on disk (0 before any)."""
-    path = out / ".bulkgetty" / "journal.sqlite"
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = db.execute("SELECT transfer FROM assets WHERE transfer IS NOT NULL").fetchall()
-    except sqlite3.Error:
-        return 0  # not created yet
-    finally:
-        db.close()
-    return max((int(json.loads(row[0]).get("done", 0)) for row in rows), default=0)
-
-
 def test_large_video_resumes_after_kill_without_starting_over(tmp_path: Path) -> None:
     size = 24 * 2**20
     config = SandboxConfig(sizes={"9800001": size}, bandwidth=6 * 2**20)
@@ -222,7 +206,7 @@ def test_large_video_resumes_after_kill_without_starting_over(tmp_path: Path) ->
         part = None
         while time.monotonic() < deadline:
             parts = list(out.glob("*.part"))
-            if parts and parts[0].stat().st_size > size // 3 and _journaled_bytes(out) > 0:
+            if parts and parts[0].stat().st_size > size // 3 and journaled_bytes(out) > 0:
                 part = parts[0]  # bytes on disk, and the journal has claimed some of them
                 break
             time.sleep(0.05)

@@ -14,7 +14,7 @@ import pytest
 
 from bulkgetty.sandbox import SandboxConfig, SandboxThread
 from tests.faults.conftest import Matrix, audit
-from tests.harness import clean_env, cli, report, sha256, start_cli, write_ids
+from tests.harness import clean_env, cli, journaled_bytes, report, sha256, start_cli, write_ids
 
 
 def _journal_ok(out: Path) -> None:
@@ -108,10 +108,9 @@ def _kill_mid_file(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         parts = list(out.glob("*.part"))
-        if parts and parts[0].stat().st_size > size // 3:
-            break
+        if parts and parts[0].stat().st_size > size // 3 and journaled_bytes(out) > 0:
+            break  # bytes on disk, and the journal has claimed some of them
         time.sleep(0.05)
-    time.sleep(0.6)  # let the journal record the progress
     proc.kill()
     return out, proc.communicate(timeout=30)
 
