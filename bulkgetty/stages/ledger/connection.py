@@ -71,9 +71,15 @@ class LedgerConnection:
             seconds = self._check_tables()
             self.link.patience = seconds
             self.lease = WorkerLease(self.link, seconds, self.out_dir) if worker else None
+            if worker:
+                self._took_folder()
         except BaseException:
             self.close()
             raise
+
+    def _took_folder(self) -> None:
+        """The worker holds its folder now: what an earlier run left there is taken up
+        (`Ledger` gives the ledger the URIs that folder's spool kept)."""
 
     def _check_tables(self) -> float:
         """The lease the team's ledger sets, once its tables are known to be there."""

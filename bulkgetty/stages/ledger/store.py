@@ -85,22 +85,8 @@ class Ledger(LedgerClaims, LedgerTransitions, LedgerReads):
     _unsent = False
     _replaying = False
 
-    def __init__(
-        self,
-        dsn: str,
-        out_dir: Path,
-        *,
-        lock: bool = True,
-        worker: bool = True,
-        settle: float = HISTORY_SETTLE,
-    ) -> None:
-        super().__init__(dsn, out_dir, lock=lock, worker=worker, settle=settle)
-        if worker:
-            try:
-                self.replay_spool()
-            except BaseException:
-                self.close()
-                raise
+    def _took_folder(self) -> None:
+        self.replay_spool()
 
     # paid URIs -------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,8 +118,11 @@ async def _fetch(
     owner: str = "k1",
     state: TransferState | None = None,
     options: TransferOptions = ONE_STREAM,
+    on_new_part: Callable[[TransferState], Awaitable[None]] | None = None,
 ) -> TransferResult:
-    async def on_new_part(new: TransferState) -> None:
+    """One transfer through the pool; `on_new_part` replaces the recording of new parts."""
+
+    async def record_new_part(new: TransferState) -> None:
         calls.new_parts.append(new)
         calls.on_state(new)
 
@@ -134,7 +137,7 @@ async def _fetch(
             options=options,
             on_state=calls.on_state,
             on_progress=calls.on_progress,
-            on_new_part=on_new_part,
+            on_new_part=on_new_part or record_new_part,
         )
 
 
@@ -203,19 +206,7 @@ async def test_no_byte_is_written_before_the_new_part_is_committed(
         sizes.append(part.stat().st_size)
 
     try:
-        async with new_session(Timeouts()) as session:
-            result = await pool.transfer(
-                session,
-                files.url("big.jpg"),
-                out=out,
-                owner="k1",
-                asset_id="1",
-                state=None,
-                options=TransferOptions(segments=1),
-                on_state=lambda s: None,
-                on_progress=lambda n: None,
-                on_new_part=on_new_part,
-            )
+        result = await _fetch(pool, out, files.url("big.jpg"), Calls(), on_new_part=on_new_part)
     finally:
         await pool.close()
     assert sizes == [0, 0]
@@ -251,20 +242,8 @@ async def test_a_failed_commit_of_the_new_part_fails_the_transfer_with_that_erro
         raise JournalError("journal is read-only")
 
     try:
-        async with new_session(Timeouts()) as session:
-            with pytest.raises(JournalError, match="journal is read-only"):
-                await pool.transfer(
-                    session,
-                    files.url("big.jpg"),
-                    out=out,
-                    owner="k1",
-                    asset_id="1",
-                    state=None,
-                    options=TransferOptions(segments=1),
-                    on_state=lambda s: None,
-                    on_progress=lambda n: None,
-                    on_new_part=on_new_part,
-                )
+        with pytest.raises(JournalError, match="journal is read-only"):
+            await _fetch(pool, out, files.url("big.jpg"), Calls(), on_new_part=on_new_part)
     finally:
         await pool.close()
     assert out.part_path("big.jpg").stat().st_size == 0  # not one byte went in
