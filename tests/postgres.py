@@ -19,6 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PG_BIN = Path(os.environ.get("BULKGETTY_PG_BIN", "/usr/lib/postgresql/15/bin"))
+#: As root the server runs as `postgres` through runuser, which lives in sbin: a shell whose
+#: PATH is /usr/bin:/bin (a plain user's, or the quick start's check) does not list it.
+RUNUSER = shutil.which("runuser") or next(
+    (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)), None
+)
 
 
 def _free_port() -> int:
@@ -40,6 +45,8 @@ def unavailable() -> str | None:
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root and there is no postgres user to run the server as"
+        if RUNUSER is None:
+            return "running as root and runuser (util-linux) is not installed"
     return None
 
 
@@ -53,7 +60,7 @@ class PostgresServer:
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
     def _run(self, *cmd: str) -> subprocess.CompletedProcess[str]:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        prefix = [str(RUNUSER), "-u", "postgres", "--"] if os.geteuid() == 0 else []
         return subprocess.run(
             [*prefix, *cmd], capture_output=True, text=True, timeout=60, check=False
         )

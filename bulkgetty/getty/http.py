@@ -45,7 +45,10 @@ def new_session(timeouts: Timeouts, *, limit: int = 100) -> aiohttp.ClientSessio
         limit=limit,
         limit_per_host=limit,
         ttl_dns_cache=300,
-        enable_cleanup_closed=True,
+        # No `enable_cleanup_closed`: it aborts TLS transports already closed, which on
+        # Debian 12's own Python (3.11.2) raises AttributeError in asyncio (fixed in later
+        # 3.11s) when the session closes. A TLS shutdown that hangs ends by asyncio's own
+        # shutdown timeout instead.
     )
     return aiohttp.ClientSession(
         connector=connector,
