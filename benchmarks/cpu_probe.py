@@ -51,11 +51,17 @@ class Tree:
     switches: list[float] = field(default_factory=list)
 
 
+def _process_cpu(pid: int) -> float:
+    """user+sys CPU seconds of a running process (the API emulator's share of a run)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(
     tree: Tree, manifest: Path, dest_root: Path, env: dict[str, str], args: argparse.Namespace
-) -> tuple[float, float, int, int]:
-    """(user+sys CPU s, wall s, exit code, voluntary context switches) of one bulkgetty run
-    into a fresh folder."""
+) -> tuple[float, float, int, int, float]:
+    """(user+sys CPU s, wall s, exit code, voluntary context switches, sys CPU s) of one
+    bulkgetty run into a fresh folder."""
     dest = Path(tempfile.mkdtemp(prefix="probe-", dir=dest_root))
     cmd = [
         sys.executable,
@@ -91,7 +97,7 @@ def run_once(
     wall = time.monotonic() - t0
     shutil.rmtree(dest, ignore_errors=True)
     code = os.waitstatus_to_exitcode(status)
-    return ru.ru_utime + ru.ru_stime, wall, code, ru.ru_nvcsw
+    return ru.ru_utime + ru.ru_stime, wall, code, ru.ru_nvcsw, ru.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                         tls_dir=tls.folder if tls is not None else None,
                     )
                     env = {**os.environ, **info["env"], "PROBE_API_URL": info["api_url"]}
-                    base_cpu, _w, code0, sw0 = run_once(tree, one, dest_root, env, args)
-                    cpu, wall, code, sw = run_once(tree, manifest, dest_root, env, args)
+                    base_cpu, _w, code0, sw0, _s = run_once(tree, one, dest_root, env, args)
+                    api_cpu0 = _process_cpu(api.procs[0][1].pid)
+                    cpu, wall, code, sw, sys_s = run_once(tree, manifest, dest_root, env, args)
+                    api_ms = (_process_cpu(api.procs[0][1].pid) - api_cpu0) / args.files * 1000
                 finally:
                     api.close()
                 if code or code0:
@@ -164,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                 per_file = cpu / args.files * 1000
                 print(
                     f"rep {rep} {tree.src}: cpu {cpu:.2f} s ({per_file:.2f} ms/file, marginal"
-                    f" {marginal:.2f} ms/file; 1 file {base_cpu:.2f} s), wall {wall:.2f} s,"
-                    f" {tree.switches[-1]:.1f} voluntary switches/file",
+                    f" {marginal:.2f} ms/file; 1 file {base_cpu:.2f} s; kernel {sys_s:.2f} s),"
+                    f" wall {wall:.2f} s,"
+                    f" {tree.switches[-1]:.1f} voluntary switches/file; API emulator"
+                    f" {api_ms:.2f} ms/file",
                     flush=True,
                 )
     finally:

@@ -1,4 +1,4 @@
-r"""The run's stages as tasks joined by bounded memory streams.
+r"""The run's stages as tasks joined by bounded channels (channel.py).
 
 A million-row manifest flows at flat memory, and acquiring runs only a bounded window ahead of
 transferring (URIs expire, and spend should not run far ahead of the bytes):
@@ -22,7 +22,6 @@ from typing import Final
 
 import aiohttp
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkgetty.assets import Asset
 from bulkgetty.config import RunOptions
@@ -39,6 +38,7 @@ from bulkgetty.events import (
 from bulkgetty.getty.retry import RetryPolicy
 from bulkgetty.stages.acquire import Acquirer
 from bulkgetty.stages.backend import AsyncJournalLike
+from bulkgetty.stages.channel import Channel, Sender
 from bulkgetty.stages.decide import Action, decide
 from bulkgetty.stages.files import OutputDir
 from bulkgetty.stages.journal import Record
@@ -128,18 +128,15 @@ class Pipeline:
 
     async def run(self, rows: Rows, run_id: int) -> None:
         window = self.ctx.options.window
-        acq_send, acq_recv = anyio.create_memory_object_stream[Record](window)
-        xfer_send, xfer_recv = anyio.create_memory_object_stream[Work](window)
+        acquiring = Channel[Record](window)
+        transferring = Channel[Work](window)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._ticker)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._plan, rows, run_id, acq_send, xfer_send.clone())
+                tg.start_soon(self._plan, rows, run_id, acquiring.sender(), transferring.sender())
                 for _ in range(self.ctx.options.concurrency):
-                    tg.start_soon(self._acquire_worker, acq_recv.clone(), xfer_send.clone())
-                    tg.start_soon(self._transfer_worker, xfer_recv.clone())
-                acq_recv.close()
-                xfer_send.close()
-                xfer_recv.close()
+                    tg.start_soon(self._acquire_worker, acquiring, transferring.sender())
+                    tg.start_soon(self._transfer_worker, transferring)
             outer.cancel_scope.cancel()
 
     async def report_unprocessed(self, rows: Rows) -> None:
@@ -190,8 +187,8 @@ class Pipeline:
         self,
         rows: Rows,
         run_id: int,
-        acq: MemoryObjectSendStream[Record],
-        xfer: MemoryObjectSendStream[Work],
+        acq: Sender[Record],
+        xfer: Sender[Work],
     ) -> None:
         ctx = self.ctx
         async with acq, xfer:
@@ -212,8 +209,8 @@ class Pipeline:
         self,
         batch: list[Asset],
         run_id: int,
-        acq: MemoryObjectSendStream[Record],
-        xfer: MemoryObjectSendStream[Work],
+        acq: Sender[Record],
+        xfer: Sender[Work],
     ) -> None:
         ctx = self.ctx
         j = ctx.journal
@@ -253,10 +250,8 @@ class Pipeline:
 
     # stage: acquire --------------------------------------------------------------------
 
-    async def _acquire_worker(
-        self, inbox: MemoryObjectReceiveStream[Record], xfer: MemoryObjectSendStream[Work]
-    ) -> None:
-        async with inbox, xfer:
+    async def _acquire_worker(self, inbox: Channel[Record], xfer: Sender[Work]) -> None:
+        async with xfer:
             async for record in inbox:
                 if self.ctx.fatal is not None:
                     continue  # stays pending: reported as not processed
@@ -270,10 +265,9 @@ class Pipeline:
 
     # stage: transfer -------------------------------------------------------------------
 
-    async def _transfer_worker(self, inbox: MemoryObjectReceiveStream[Work]) -> None:
-        async with inbox:
-            async for work in inbox:
-                self.ctx.finish(await self.steps.fetch(work))
+    async def _transfer_worker(self, inbox: Channel[Work]) -> None:
+        async for work in inbox:
+            self.ctx.finish(await self.steps.fetch(work))
 
 
 async def aiter_rows(rows: Rows) -> AsyncIterator[Asset]:

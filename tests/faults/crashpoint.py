@@ -4,7 +4,8 @@
 
 Points: `before_rename:N` / `after_rename:N` (around the Nth `.part` -> final rename),
 `journal_commit:N` (inside the Nth journal transaction, after its statements and before
-its COMMIT, whether the journal commits one call or a group of them), `part_write:N` (right
+its COMMIT, whether the journal commits one call or a group of them; a lone statement that
+commits itself counts as a transaction, killed right before it), `part_write:N` (right
 before the Nth batch of bytes is written into any `.part`).
 
 Test-only: it patches private names of the installed package (`files.writes._rename_noreplace`,
@@ -40,15 +41,24 @@ def _killer(nth: int) -> Callable[[], None]:
 
 
 class _KillBeforeCommit:
-    """A sqlite3 connection whose Nth COMMIT is preceded by SIGKILL: the transaction's
-    statements have run, nothing of it is committed (whatever groups the journal makes)."""
+    """A sqlite3 connection whose Nth commit is preceded by SIGKILL: nothing of that
+    transaction is committed (whatever groups the journal makes).
+
+    A commit is a COMMIT statement, or a change outside any transaction: SQLite commits
+    such a statement as its own transaction (autocommit), so a kill right before it is the
+    kill right before that transaction's COMMIT.
+    """
 
     def __init__(self, db: sqlite3.Connection, hit: Callable[[], None]) -> None:
         self._db = db
         self._hit = hit
 
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        if sql.strip().upper().startswith("COMMIT"):
+        verb = sql.lstrip()[:7].upper()
+        lone_change = not self._db.in_transaction and verb.startswith(
+            ("UPDATE", "INSERT", "DELETE", "REPLACE")
+        )
+        if verb.startswith("COMMIT") or lone_change:
             self._hit()
         return self._db.execute(sql, *args)
 

@@ -457,14 +457,16 @@ async def test_new_part_finish_looks_past_the_first_batch_of_taken_names(tmp_pat
     """A small file is created and renamed in one hop from a batch of candidate names; when
     every name of that batch is taken on disk, the next batch is tried, not an error."""
     out = OutputDir(tmp_path)
-    taken = [*out.candidates("x.jpg", "someone else"), "x (17).jpg", "x (18).jpg"]
+    first = out.candidates("x.jpg", "someone else")
+    second = out.candidates("x.jpg", "someone else", after=first[-1])
+    taken = [*first, *second]  # two whole batches taken on disk
     for name in taken:
         (tmp_path / name).write_bytes(b"not ours")
     part = NewPart(out, "x.jpg", "a")
     tail = writes._Batch(0, [b"ours"], 4)
     path = await part.finish(durable=False, tail=tail)
     assert path.name not in taken
-    assert path.name == "x (19).jpg"
+    assert path.name == f"x ({len(taken) + 1}).jpg"
     assert path.read_bytes() == b"ours"
     assert not list(tmp_path.glob("*.part"))
 

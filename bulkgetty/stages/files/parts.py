@@ -31,7 +31,10 @@ from bulkgetty.stages.files.writes import (
     _storage_error,
 )
 
-#: Names handed to one thread hop that creates or renames a file (more only when all taken).
+#: Names handed to one hop that creates or renames a file (more only when all are taken):
+#: few on the first hop, where the wanted name is nearly always free (each name costs a
+#: few microseconds to build), more on the next ones, where a series of copies is likely.
+_FIRST_CANDIDATES: Final = 2
 _CANDIDATES: Final = 16
 _STATE_DIR: Final = ".bulkgetty"
 #: Most bytes a HashFollower hashes per thread hop.
@@ -97,8 +100,9 @@ class OutputDir:
         clean = safe_name(name, asset_id=owner, content_type=None)
         out: list[str] = []
         skipping = after is not None
+        most = _FIRST_CANDIDATES if after is None else _CANDIDATES
         for candidate in _series(clean):
-            if len(out) >= _CANDIDATES:
+            if len(out) >= most:
                 break
             if skipping:
                 skipping = candidate != after

@@ -184,15 +184,14 @@ class Journal(AssetTransitions):
 
     @contextlib.contextmanager
     def _statement(self) -> Iterator[sqlite3.Connection]:
-        """For a change made by ONE statement: its own transaction when alone, and inside a
-        group no savepoint: SQLite undoes a failed statement by itself, so the savepoint's
-        two extra statements (each a GIL hand-off of the journal thread) would buy nothing.
+        """For a change made by ONE statement: the statement alone, in a group or not.
+
+        SQLite runs a statement outside a transaction as its own transaction (autocommit,
+        committed with `synchronous=FULL` before `execute` returns) and undoes a failed one
+        by itself, so BEGIN/COMMIT or a savepoint around it would add two statements (each a
+        GIL hand-off of the journal thread, or ~10 us on the loop) and buy nothing.
         """
-        if self._in_group:
-            yield self._db
-        else:
-            with self._tx() as db:
-                yield db
+        yield self._db
 
     # runs ------------------------------------------------------------------------------
 
