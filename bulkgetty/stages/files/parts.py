@@ -480,8 +480,19 @@ class HashFollower:
     with a second full read of the file; `poke()` after each write wakes it.
     """
 
-    def __init__(self, path: Path, total: int, available: Callable[[int], int]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        total: int,
+        available: Callable[[int], int],
+        *,
+        start: int = 0,
+        hasher: Any | None = None,
+    ) -> None:
         self.path, self.total, self.available = path, total, available
+        #: Where to begin, with a `hasher` that holds every byte before it: a stream that
+        #: hashed its own bytes until its file was split into segments goes on from there.
+        self.start, self.hasher = start, hasher
         self._changed = asyncio.Event()
 
     def poke(self) -> None:
@@ -489,12 +500,12 @@ class HashFollower:
 
     async def run(self) -> Any:
         """The hasher of all `total` bytes; waits for the writers as needed (cancel to stop)."""
-        hasher = hashlib.sha256()
+        hasher = self.hasher if self.hasher is not None else hashlib.sha256()
         try:
             fd = await asyncio.to_thread(os.open, self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise _storage_error(exc, self.path, "read") from exc
-        pos = 0
+        pos = self.start
         try:
             while pos < self.total:
                 ready = min(self.available(pos), self.total)

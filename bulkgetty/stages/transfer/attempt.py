@@ -46,9 +46,10 @@ from bulkgetty.stages.files import (
     sha256_file,
 )
 from bulkgetty.stages.files import parse_content_disposition as _parse_cd
+from bulkgetty.stages.transfer.adaptive import Adaptive
 from bulkgetty.stages.transfer.records import TransferOptions, TransferResult, TransferState
 from bulkgetty.stages.transfer.redirects import _check_hop, _refuse_secret_headers, get_following
-from bulkgetty.stages.transfer.segments import Segments, segments_valid, should_segment
+from bulkgetty.stages.transfer.segments import Segments, may_segment, segments_valid
 from bulkgetty.stages.transfer.tracker import Tracker, pump
 from bulkgetty.stages.transfer.unframed import confirm_length
 from bulkgetty.stages.validate import (
@@ -184,7 +185,7 @@ class _Attempt:
             await self.on_new_part(self.track.state)
 
     def _segments(self) -> Segments:
-        return Segments(self.track, self._get, self.options, self._commit_new_part)
+        return Segments(self.track, self._get, self.options)
 
     async def _get(self, headers: dict[str, str]) -> aiohttp.ClientResponse:
         return await get_following(
@@ -267,30 +268,26 @@ class _Attempt:
             if start == 0:
                 await part.truncate(0)
         try:
-            segment = should_segment(resp, total, self.options, self.track)
-            if isinstance(sink, NewPart) and (segment or total is None or total >= WRITE_BATCH):
-                sink = await self._create_part(sink, commit=not segment)
-            if segment:
-                assert isinstance(sink, PartFile)
-                return await self._segments().run(sink, first=resp)
+            watch = may_segment(resp, total, start, self.options, self.track)
+            if isinstance(sink, NewPart) and (watch or total is None or total >= WRITE_BATCH):
+                sink = await self._create_part(sink)
             self.track.resumed_from = start
-            return await self._stream_single(resp, sink, start, protocol)
+            return await self._stream_single(resp, sink, start, protocol, watch=watch)
         finally:
             await self.track.drop_claim()  # before the descriptor it syncs is closed
             await sink.close()
 
-    async def _create_part(self, new: NewPart, *, commit: bool) -> PartFile:
+    async def _create_part(self, new: NewPart) -> PartFile:
         """Create the `.part` of a file that takes more than one write, before its first byte.
 
         A small file is created, written and renamed in one hop (nothing to resume); a
-        larger one gets its name committed first (`commit`), so a kill that lands before the
-        next progress report leaves a `.part` the rerun knows as its own.
+        larger one gets its name committed first, so a kill that lands before the next
+        progress report leaves a `.part` the rerun knows as its own.
         """
         part = await new.create()
         self.track.state = replace(self.track.state, name=part.name)
-        if commit:
-            self.track.emit()
-            await self._commit_new_part()
+        self.track.emit()
+        await self._commit_new_part()
         return part
 
     def _check_resume_range(self, resp: aiohttp.ClientResponse, start: int) -> int:
@@ -308,10 +305,13 @@ class _Attempt:
         part: PartFile | NewPart,
         start: int,
         protocol: ResponseHandler | None,
+        *,
+        watch: bool,
     ) -> TransferResult:
         """Stream to the `.part`; its last batch is written by the finishing hop itself.
 
         `protocol` is the connection's, taken before the first await (see surplus_after_body).
+        `watch`: a large file whose rest may be split into ranges on the way (adaptive.py).
         """
         if start:
             assert isinstance(part, PartFile)
@@ -324,8 +324,19 @@ class _Attempt:
         if expected is None and start:
             expected = self.track.total() - start  # a 206's Content-Range says how many
         unframed = expected is None and close_delimited(resp)
+        adaptive = None
+        if watch:
+            assert isinstance(part, PartFile)
+            adaptive = Adaptive(self._segments(), part, writer, start)
         try:
-            got = await pump(self.track, resp, writer, limit=None, sniff=start == 0, flush=False)
+            if adaptive is None:
+                first = start == 0
+                got = await pump(self.track, resp, writer, limit=None, sniff=first, flush=False)
+            else:
+                outcome = await adaptive.stream(resp)
+                if isinstance(outcome, TransferResult):
+                    return outcome  # split on the way: the segments finished the file
+                got = outcome
             surplus = got == expected and surplus_after_body(protocol)
             if expected is not None and (got > expected or surplus):
                 # The length was wrong, so no prefix of this body is trusted either.
@@ -340,7 +351,8 @@ class _Attempt:
             # Every framing above ends the body where the file does: this is the length.
             total = writer.position + writer.pending
         except BaseException:
-            await self.track.save_progress()
+            if adaptive is None or not adaptive.split:  # a split saved its own progress
+                await self.track.save_progress()
             raise
         self.track.on_progress(writer.pending)
         return await self.track.finish(part, total, hasher, tail=writer)

@@ -101,6 +101,9 @@ class TransferOptions:
     segments: int = 4
     #: Only files of at least this many bytes are segmented.
     segment_threshold: int = 64 * 2**20
+    #: Seconds a large file streams alone before more ranges are weighed (and again every
+    #: as long while it stays alone: adaptive.py); 0 splits it before its first byte.
+    segment_probation: float = 0.5
     max_redirects: int = 10
     #: fsync the file before the rename, and the folder after it.
     durable: bool = True
@@ -118,8 +121,3 @@ class TransferResult:
     #: Bytes downloaded again that were already on disk (0 on a clean resume).
     refetched: int
     resumed_from: int
-
-
-def _split(total: int, count: int) -> tuple[Segment, ...]:
-    size = -(-total // count)
-    return tuple(Segment(start, min(start + size, total)) for start in range(0, total, size))

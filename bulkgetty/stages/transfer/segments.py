@@ -3,17 +3,18 @@
 Why segments at all: delivery hosts may cap each connection's rate, and one stream then
 takes as long as the cap says, however fast the link. Why only so: a range is trusted only
 with a validator for If-Range and an exact `Content-Range`, since a file that changed between
-two ranges would be spliced from two versions. The first range comes from the response that
-started the file (no extra request); the others each get a connection of their own. The
-`.part` is preallocated, so it is hashed behind its writers (`HashFollower`) as they advance,
-and the journal hears only of synced bytes (tracker.py).
+two ranges would be spliced from two versions. A file starts on one stream (its first
+response); adaptive.py splits the rest into ranges only when that stream is slow, and the
+stream keeps the front range. The `.part` of a split file is preallocated, so it is hashed
+behind its writers (`HashFollower`) as they advance, and the journal hears only of synced
+bytes (tracker.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,24 +22,30 @@ import aiohttp
 
 from bulkgetty.errors import BulkGettyError, IntegrityError, ReadError
 from bulkgetty.stages.files import HashFollower, OutputDir, PartFile, SequentialWriter, open_part
-from bulkgetty.stages.transfer.records import TransferOptions, TransferResult, TransferState, _split
+from bulkgetty.stages.transfer.records import TransferOptions, TransferResult, TransferState
 from bulkgetty.stages.transfer.redirects import Get
 from bulkgetty.stages.transfer.tracker import Tracker, pump
 from bulkgetty.stages.validate import check_content_range, raise_for_status
 
-__all__ = ("Segments", "segments_valid", "should_segment")
+__all__ = ("Segments", "may_segment", "segments_valid")
 
 
-def should_segment(
-    resp: aiohttp.ClientResponse, total: int | None, options: TransferOptions, track: Tracker
+def may_segment(
+    resp: aiohttp.ClientResponse,
+    total: int | None,
+    start: int,
+    options: TransferOptions,
+    track: Tracker,
 ) -> bool:
-    """Only a fresh 200 of a large file, with byte ranges and a validator for If-Range."""
-    ranges = "bytes" in resp.headers.get("Accept-Ranges", "").lower()
+    """A large file's stream that ranges could continue: a fresh 200 that offers byte ranges,
+    or a 206 (a resume, ranges proven), with a validator for If-Range."""
+    ranges = resp.status == 206 or "bytes" in resp.headers.get("Accept-Ranges", "").lower()
     return (
         options.segments > 1
-        and resp.status == 200
+        and resp.status in (200, 206)
         and total is not None
         and total >= max(options.segment_threshold, options.segments)
+        and total - start >= options.segments
         and ranges
         and track.if_range() is not None
     )
@@ -63,8 +70,6 @@ class Segments:
     track: Tracker
     get: Get
     options: TransferOptions
-    #: Awaited with the first state of a new `.part`, before its first byte.
-    commit_new_part: Callable[[], Awaitable[None]]
 
     async def resume(self, out: OutputDir, owner: str) -> TransferResult:
         """Go on with the segments the journal knows, as far as the disk agrees."""
@@ -78,40 +83,51 @@ class Segments:
             )
             track.state = replace(track.state, segments=segs)
             track.resumed_from = sum(s.done for s in segs)
-            return await self.run(part, first=None)
+            return await self.run(part)
         finally:
             await track.drop_claim()
             await part.close()
 
-    async def run(self, part: PartFile, *, first: aiohttp.ClientResponse | None) -> TransferResult:
+    async def run(self, part: PartFile) -> TransferResult:
+        """Fetch every incomplete segment the state holds, each on a connection of its own."""
         track = self.track
         total = track.total()
-        if first is not None:
-            track.state = replace(track.state, segments=_split(total, self.options.segments))
         await part.preallocate(total)
         track.writers = [SequentialWriter(part, s.start + s.done) for s in track.state.segments]
         track.emit()
-        if first is not None:
-            await self.commit_new_part()
-        track.follower = HashFollower(part.path, total, self._on_disk_from)
-        hashing = asyncio.create_task(track.follower.run())
-        jobs = [
-            self._first(first) if i == 0 and first is not None else self._ranged(i)
-            for i, seg in enumerate(track.state.segments)
-            if not seg.complete
-        ]
+        hashing = self.follow(part, start=0, hasher=None)
+        jobs = [self.ranged(i) for i, seg in enumerate(track.state.segments) if not seg.complete]
+        hasher = await self.join(part, jobs, hashing)
+        return await track.finish(part, total, hasher)
+
+    def follow(self, part: PartFile, *, start: int, hasher: Any) -> asyncio.Task[Any]:
+        """Hash the file from `start` on (after `hasher`'s bytes) as its writers advance."""
+        self.track.follower = HashFollower(
+            part.path, self.track.total(), self._on_disk_from, start=start, hasher=hasher
+        )
+        return asyncio.create_task(self.track.follower.run())
+
+    async def join(
+        self,
+        part: PartFile,
+        jobs: Sequence[Awaitable[None]],
+        hashing: asyncio.Task[Any],
+        *,
+        failed: BaseException | None = None,
+    ) -> Any:
+        """Wait for every segment's job, save progress, raise the error that counts; else
+        the hasher of the whole file. `failed`: a segment's error that came before."""
         try:
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-            await track.save_progress()
+            results = [failed, *await asyncio.gather(*jobs, return_exceptions=True)]
+            await self.track.save_progress()
             await self._raise_errors(part, results)
-            hasher = await hashing
+            return await hashing
         finally:
             if not hashing.done():
                 hashing.cancel()
                 with contextlib.suppress(asyncio.CancelledError, BulkGettyError):
                     await hashing
-            track.follower = None
-        return await track.finish(part, total, hasher)
+            self.track.follower = None
 
     def _on_disk_from(self, pos: int) -> int:
         """Up to where the bytes from `pos` on are on disk: the covering segment's writer."""
@@ -130,17 +146,7 @@ class Segments:
         final = [e for e in errors if isinstance(e, BulkGettyError) and not e.retryable]
         raise (final or errors)[0]
 
-    async def _first(self, resp: aiohttp.ClientResponse) -> None:
-        """Segment 0 comes from the first response: read up to its end, then drop the rest."""
-        seg, writer = self.track.state.segments[0], self.track.writers[0]
-        try:
-            got = await pump(self.track, resp, writer, limit=seg.length, sniff=True)
-        finally:
-            resp.close()
-        if got != seg.length:
-            raise ReadError(f"segment 0 ended after {got} of {seg.length} bytes")
-
-    async def _ranged(self, index: int) -> None:
+    async def ranged(self, index: int) -> None:
         """One more connection for one segment, resumed from what is already written."""
         track = self.track
         seg, writer = track.state.segments[index], track.writers[index]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -24,7 +24,7 @@ from bulkgetty.stages.files import HashFollower, NewPart, PartFile, SequentialWr
 from bulkgetty.stages.transfer.records import TransferResult, TransferState
 from bulkgetty.stages.validate import sniff_error_page
 
-__all__ = ("Tracker", "pump")
+__all__ = ("Budget", "Tracker", "pump")
 
 #: Report the state to the journal at least this often while streaming.
 _STATE_EVERY: Final = 8 * 2**20
@@ -193,12 +193,31 @@ class Tracker:
         )
 
 
+@dataclass(slots=True)
+class Budget:
+    """How many bytes a stream may still take, and a step to run between two of its chunks.
+
+    Why mutable: a stream split into segments while it runs keeps only the front of what it
+    was asked (adaptive.py); `limit` is lowered under it and it stops at its new end.
+    """
+
+    #: Bytes of the body to take in all (None: to its end).
+    limit: int | None = None
+    #: Awaited once between two chunks (no write of this stream in flight), then forgotten.
+    between: Callable[[], Awaitable[None]] | None = None
+
+    async def step(self) -> None:
+        step, self.between = self.between, None
+        if step is not None:
+            await step()
+
+
 async def pump(
     track: Tracker,
     resp: aiohttp.ClientResponse,
     writer: SequentialWriter,
     *,
-    limit: int | None,
+    limit: int | Budget | None,
     sniff: bool,
     flush: bool = True,
 ) -> int:
@@ -206,9 +225,10 @@ async def pump(
 
     `flush=False` leaves the last batch queued for the caller's finishing hop.
     """
+    budget = limit if isinstance(limit, Budget) else Budget(limit)
     received = 0
     content = resp.content
-    while limit is None or received < limit:
+    while budget.limit is None or received < budget.limit:
         # Chunks as the socket delivered them: no join, no copy; the writer gathers them
         # into one pwritev per MiB.
         chunk, boundary = await map_errors(content.readchunk)
@@ -216,12 +236,14 @@ async def pump(
             if boundary:  # the end of one HTTP/1.1 chunk of a chunked body: go on
                 continue
             break
-        if limit is not None and received + len(chunk) > limit:
-            chunk = chunk[: limit - received]
+        if budget.limit is not None and received + len(chunk) > budget.limit:
+            chunk = chunk[: budget.limit - received]
         if sniff and received == 0:
             sniff_error_page(chunk, resp)
         received += len(chunk)
         track.progress(await writer.write(chunk))
+        if budget.between is not None:
+            await budget.step()
     if flush:
         track.progress(await writer.flush())
     return received
