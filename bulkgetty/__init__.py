@@ -8,8 +8,9 @@ the terminal display: `RunDisplay`, one more listener of the events):
         result = await d.run(assets)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from bulkgetty.assets import PRODUCT_TYPES, Asset, AssetType
-from bulkgetty.cli.progress import RunDisplay
 from bulkgetty.commands.history import HistoryFilter, history_to_manifest
 from bulkgetty.commands.plan import PlanEstimate, ProductPlan, estimate
 from bulkgetty.commands.search import search_to_manifest
@@ -122,3 +123,16 @@ __all__ = (
     "search_to_manifest",
     "validate_manifest",
 )
+
+if TYPE_CHECKING:
+    from bulkgetty.cli.progress import RunDisplay
+
+
+def __getattr__(name: str) -> Any:
+    """`RunDisplay` is imported on first use: rich costs ~80 ms of every start (issue 16),
+    and a run with no terminal to draw on never needs it."""
+    if name == "RunDisplay":
+        from bulkgetty.cli.progress import RunDisplay
+
+        return RunDisplay
+    raise AttributeError(f"module 'bulkgetty' has no attribute {name!r}")

@@ -35,7 +35,6 @@ from bulkgetty.cli.examples import (
     STATUS_EXAMPLES,
 )
 from bulkgetty.cli.output import Emitter, fatal_text, warn_relicensing
-from bulkgetty.cli.progress import QuotaView, RunDisplay
 from bulkgetty.cli.signals import run_with_signals
 from bulkgetty.commands.history import (
     HistoryFilter,
@@ -455,6 +454,8 @@ async def run_command(args: argparse.Namespace, env: Mapping[str, str], emit: Em
         emit.purchases_in_flight = lambda: downloader.purchases_in_flight
         await stack.enter_async_context(downloader)
         if emit.live:
+            from bulkgetty.cli.progress import QuotaView, RunDisplay  # rich: only to draw
+
             display = stack.enter_context(
                 RunDisplay(emit.console(), files_total=files_total, quota=QuotaView())
             )

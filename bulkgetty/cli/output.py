@@ -13,19 +13,22 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import orjson
-from rich.console import Console
 
 from bulkgetty.assets import Asset
-from bulkgetty.cli.progress import RunDisplay, summary_table
 from bulkgetty.commands.history import relicensing_note
 from bulkgetty.commands.plan import journal_records
 from bulkgetty.commands.status import ReasonTally, reason_lines
 from bulkgetty.errors import BulkGettyError, DiskFullError
 from bulkgetty.events import AssetFailed, AssetWaiting, Event, RunFinished
 from bulkgetty.stages.engine import Downloader, RunResult
+
+if TYPE_CHECKING:  # rich is imported only for a live display (~80 ms of every start)
+    from rich.console import Console
+
+    from bulkgetty.cli.progress import RunDisplay
 
 __all__ = ("Emitter", "fatal_text")
 
@@ -58,6 +61,8 @@ class Emitter:
 
     def console(self) -> Console:
         """The live display's console (see `screen`)."""
+        from rich.console import Console
+
         return Console(file=self.screen or self.err, highlight=False)
 
     def event(self, event: Event) -> None:
@@ -96,6 +101,8 @@ class Emitter:
             return
         watched = self.live and self.out.isatty()
         if watched and self.last is not None:
+            from bulkgetty.cli.progress import summary_table
+
             self.console().print(summary_table(self.last))
         else:
             self.out.write(result.summary.line() + "\n")
