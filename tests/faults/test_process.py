@@ -265,3 +265,58 @@ def test_kill_9_before_the_first_bytes_of_a_large_file_resumes_under_its_own_nam
             root=tmp_path,
         )
         matrix.check(result, note="resumed under its own name")
+
+
+def _ranges(requests: list[dict[str, str]]) -> list[tuple[int, int]]:
+    """(first, last) byte of each ranged request, in the order they came."""
+    spans = []
+    for headers in requests:
+        rng = headers.get("Range")
+        if rng is not None:
+            first, _, last = rng.removeprefix("bytes=").partition("-")
+            spans.append((int(first), int(last) if last else -1))
+    return spans
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_slow_large_file_was_split_into_segments_resumes_each_one(
+    tmp_path: Path, matrix: Matrix
+) -> None:
+    """A 64 MiB video held to 8 MiB/s per connection starts on one stream and is split into
+    ranges after its probation; SIGKILL lands mid-ranges (the 40th write of >= 1 MiB, over a
+    second after the split: the journal has the segments by then). The rerun asks only for
+    ranges, each ending where a segment ends and starting at or after where it starts, at
+    least one past its start (bytes on disk kept), and buys nothing again."""
+    size = 64 * 2**20
+    asset = "9730100"
+    with SandboxThread(SandboxConfig(sizes={asset: size}, bandwidth=8 * 2**20)) as sb:
+        env = clean_env(sb.credentials_env())
+        manifest = write_ids(tmp_path / "ids.txt", [asset])
+        out = tmp_path / "o"
+        args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
+        crash_env = {**env, "BULKGETTY_TEST_CRASH_AT": "part_write:40"}
+        crashed = cli(*args, env=crash_env, prefix=CRASH, timeout=120)
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        first_run = len(sb.stats.delivery_requests)
+        split = _ranges([r.headers for r in sb.stats.delivery_requests])
+        assert len(split) == 3, split  # one stream, then three more ranges
+        _journal_ok(out)
+        done = cli(*args, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        rerun = [r.headers for r in sb.stats.delivery_requests[first_run:]]
+        resumed = _ranges(rerun)
+        assert rerun and len(resumed) == len(rerun), rerun  # no request from byte 0
+        segments = [(0, split[0][0] - 1), *split]
+        for first, last in resumed:
+            assert any(a <= first and last == b for a, b in segments), (resumed, segments)
+        assert any((first, last) not in segments for first, last in resumed)
+        result = audit(
+            sb,
+            out,
+            [asset],
+            [crashed, done],
+            fault="kill -9 after a slow large file was split into segments",
+            asset_type="video",
+            root=tmp_path,
+        )
+        matrix.check(result, note=f"rerun asked {len(resumed)} ranges")

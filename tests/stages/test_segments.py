@@ -5,6 +5,7 @@ that stream is slow. Every check counts requests and bytes at the server, never 
 from __future__ import annotations
 
 import itertools
+import os
 
 import aiohttp
 import pytest
@@ -13,12 +14,13 @@ from bulkgetty.errors import ReadError
 from bulkgetty.stages.files import OutputDir
 from bulkgetty.stages.transfer import TransferOptions, TransferState
 from bulkgetty.stages.transfer import adaptive as adaptive_mod
+from bulkgetty.stages.transfer import tracker as transfer_tracker
 from bulkgetty.stages.transfer.adaptive import split_rest, worth_splitting
 from tests.stages import test_transfer as tt
-from tests.stages.test_transfer import Asset, Calls, MiB, Server, body, fetch, sha
+from tests.stages.test_transfer import Asset, Calls, DiskLog, MiB, Server, body, fetch, sha
 
-# The delivery host, client session and output folder of test_transfer.py.
-server, session, out = tt.server, tt.session, tt.out
+# The delivery host, client session, output folder and disk log of test_transfer.py.
+server, session, out, disk = tt.server, tt.session, tt.out, tt.disk
 
 #: Four ranges for files of 1 MiB or more, weighed every 0.1 s while a file streams alone.
 ADAPTIVE = TransferOptions(segments=4, segment_threshold=MiB, segment_probation=0.1)
@@ -117,6 +119,41 @@ async def test_a_capped_stream_is_split_into_exact_ranges_and_keeps_the_front(
     assert all(s.headers.get("If-Range") == '"v1"' for s in server.seen[1:])
     assert server.seen[0].served < len(data)  # stopped at its new end, not read through
     assert server.seen[0].served >= segs[0].end
+
+
+async def test_the_split_is_journaled_after_preallocation_and_claims_only_synced_bytes(
+    server: Server,
+    session: aiohttp.ClientSession,
+    out: OutputDir,
+    disk: DiskLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The state that first names the segments comes after the `.part` was preallocated to
+    the file's length (a kill before it lands resumes the single stream, cut back to its
+    claim) and claims what the stream had claimed before, 0 for the new ranges; no state
+    ever claims a byte no fdatasync covered."""
+    monkeypatch.setattr(transfer_tracker, "_STATE_EVERY", MiB // 2)  # claims before the split
+    data = body(8 * MiB)
+    server.assets["x"] = Asset(data, rate=CAP)
+    part_size: list[int] = []
+    unsynced: list[tuple[int, int]] = []
+
+    def check(state: TransferState) -> None:
+        unsynced.extend(c for c in tt._claims(state) if not disk.covered(*c))
+        if state.segments and not part_size:
+            assert state.name is not None
+            part_size.append(os.path.getsize(out.part_path(state.name)))
+
+    calls = Calls(check=check)
+    options = TransferOptions(segments=4, segment_threshold=MiB, segment_probation=0.3)
+    result = await fetch(session, server.url("/a/x"), out, calls=calls, options=options)
+    assert result.sha256 == sha(data)
+    assert unsynced == []
+    assert part_size == [len(data)]
+    first = next(i for i, st in enumerate(calls.states) if st.segments)
+    before, split = calls.states[first - 1], calls.states[first]
+    assert not before.segments
+    assert [s.done for s in split.segments] == [before.done, 0, 0, 0]
 
 
 async def test_a_split_file_cut_mid_range_resumes_that_range_only(
