@@ -101,7 +101,7 @@ class Adaptive:
         return self.segments.track
 
     @property
-    def split(self) -> bool:
+    def was_split(self) -> bool:
         return self.hashing is not None
 
     async def stream(self, resp: aiohttp.ClientResponse) -> int | TransferResult:
@@ -111,10 +111,10 @@ class Adaptive:
         failed: BaseException | None = None
         try:
             got = await self._pump(resp)
-            if not self.split:
+            if not self.was_split:
                 return got
         except Exception as exc:
-            if not self.split:
+            if not self.was_split:
                 raise
             failed = exc
         except BaseException:
@@ -136,7 +136,7 @@ class Adaptive:
         got = await pump(
             self.track, resp, self.writer, limit=self.budget, sniff=self.start == 0, flush=False
         )
-        if self.split:
+        if self.was_split:
             self.track.progress(await self.writer.flush())
             if got != self.budget.limit:
                 raise ReadError(f"segment 0 ended after {got} of {self.budget.limit} bytes")

@@ -351,7 +351,7 @@ class _Attempt:
             # Every framing above ends the body where the file does: this is the length.
             total = writer.position + writer.pending
         except BaseException:
-            if adaptive is None or not adaptive.split:  # a split saved its own progress
+            if adaptive is None or not adaptive.was_split:  # a split saved its own progress
                 await self.track.save_progress()
             raise
         self.track.on_progress(writer.pending)
