@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from bulkgetty.errors import ReadError
+from bulkgetty.getty.http import Timeouts, new_session
 from bulkgetty.stages.files import OutputDir
 from bulkgetty.stages.transfer import TransferOptions, TransferState
 from bulkgetty.stages.transfer import adaptive as adaptive_mod
@@ -179,6 +180,38 @@ async def test_a_split_file_cut_mid_range_resumes_that_range_only(
     (again,) = server.seen[before:]
     assert again.headers["Range"] == f"bytes={seg.start + seg.done}-{seg.end - 1}"
     assert (result.resumed_from, result.refetched) == (state.done, 0)
+
+
+async def test_a_resumed_slow_stream_is_split_too_and_keeps_its_prefix(
+    server: Server, session: aiohttp.ClientSession, out: OutputDir
+) -> None:
+    """A stream resumed with a 206 (a kill before any split) is weighed like a fresh one:
+    held to 4 MiB/s, its rest is split too; the bytes on disk are neither asked again nor
+    hashed again from the network."""
+    data = body(8 * MiB)
+    # A stall, not a cut: aiohttp may drop what it buffered when a connection drops.
+    server.assets["x"] = Asset(data, stall_after=2 * MiB)
+    first = Calls()
+    async with new_session(Timeouts(connect=5, stall=0.5)) as stalling:
+        with pytest.raises(ReadError, match="timed out"):
+            await fetch(stalling, server.url("/a/x"), out, calls=first, options=ADAPTIVE)
+    state = first.last
+    assert not state.segments and state.done == 2 * MiB
+    server.release.set()
+
+    server.assets["x"] = Asset(data, rate=CAP)
+    calls = Calls()
+    result = await fetch(
+        session, server.url("/a/x"), out, calls=calls, state=state, options=ADAPTIVE
+    )
+    assert result.sha256 == sha(data)
+    assert (result.resumed_from, result.refetched) == (state.done, 0)
+    segs = _split_state(calls).segments
+    assert segs[0].start == 0 and segs[-1].end == len(data) and segs[0].end > state.done
+    assert _ranged(server) == [
+        f"bytes={state.done}-",
+        *(f"bytes={s.start}-{s.end - 1}" for s in segs[1:]),
+    ]
 
 
 @pytest.mark.parametrize(
