@@ -103,7 +103,9 @@ class TransferOptions:
     segment_threshold: int = 64 * 2**20
     #: Seconds a large file streams alone before more ranges are weighed (and again every
     #: as long while it stays alone: adaptive.py); 0 splits it before its first byte.
-    segment_probation: float = 0.5
+    #: Short, since a window judged wrong is judged again the next one; windows of 0.2 s
+    #: already told apart a capped stream from a CPU-bound one (benchmarks/README.md).
+    segment_probation: float = 0.25
     max_redirects: int = 10
     #: fsync the file before the rename, and the folder after it.
     durable: bool = True
