@@ -51,9 +51,10 @@ class RunOptions:
     #: API queries per second (token, POST, history); Getty's per-key limits are low.
     #: None: unlimited (the sandbox, a contract with a high limit).
     api_rate: float | None = DEFAULT_API_RATE
-    #: Ranges per large file; 1 turns segmenting off.
+    #: Most ranges per large file, split from its one stream only when that is slow
+    #: (stages/transfer/adaptive.py); 1 turns segmenting off.
     segments: int = 4
-    #: Files at least this large are segmented.
+    #: Only files at least this large may be segmented.
     segment_threshold: int = 64 * 2**20
     #: Allow spending another download for an asset whose URI expired or was lost.
     reacquire_expired: bool = False

@@ -161,7 +161,12 @@ def _add_run(sub: SubParsers) -> None:
     p.add_argument("--quiet", action="store_true", help=quiet)
     _add_api_options(p)
     p.add_argument(
-        "--segments", type=int, default=4, metavar="N", help="ranges per file of 64 MiB or more"
+        "--segments",
+        type=int,
+        default=4,
+        metavar="N",
+        help="most ranges per file of 64 MiB or more, used only when its one stream is slow"
+        " (1: never split)",
     )
     p.add_argument(
         "--reacquire-expired",
