@@ -192,11 +192,6 @@ class _Attempt:
             self.session, self.uri, headers, max_redirects=self.options.max_redirects
         )
 
-    def _wanted(self) -> str:
-        if self.wanted is None:
-            raise AssertionError("the wanted name comes with the first response's headers")
-        return self.wanted
-
     # ---- single stream
 
     async def _single(self) -> TransferResult:
@@ -262,7 +257,7 @@ class _Attempt:
         self._adopt_headers(resp, total, start)
         sink: PartFile | NewPart
         if part is None:
-            sink = NewPart(self.out, self._wanted(), self.owner)
+            sink = NewPart(self.out, _known(self.wanted), self.owner)
         else:
             sink = part
             if start == 0:
@@ -368,3 +363,10 @@ class _Attempt:
             return await self.track.finish(part, total, await sha256_file(part.path))
         message = f"416 for bytes {start}- from {_where(resp)}: restarting"
         raise await self.track.reset(part, message)
+
+
+def _known(wanted: str | None) -> str:
+    """The wanted name of a new file; it comes with the first response's headers."""
+    if wanted is None:
+        raise AssertionError("the wanted name comes with the first response's headers")
+    return wanted
