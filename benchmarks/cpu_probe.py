@@ -15,7 +15,9 @@ own `bulkgetty` is imported; byte-compiled first), so slow spells hit every tree
 
 Printed per run: client user+sys CPU s, CPU ms per file (the issue's figure: it includes the
 interpreter's start), and the marginal ms per file, (CPU of N files - CPU of 1 file) /
-(N - 1), which leaves the start out. The medians per tree close the output.
+(N - 1), which leaves the start out, the kernel's share (sys CPU s) and the API emulator's
+CPU per file (the sandbox process bulkgetty buys from; it shares the 2 cores). The medians
+per tree close the output.
 """
 
 from __future__ import annotations
