@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -242,13 +243,7 @@ def test_kill_9_before_the_first_bytes_of_a_large_file_resumes_under_its_own_nam
     asset = f"97300{size_mib:02d}"
     config = SandboxConfig(sizes={asset: size_mib * 2**20})
     with SandboxThread(config) as sb:
-        env = clean_env(sb.credentials_env())
-        manifest = write_ids(tmp_path / "ids.txt", [asset])
-        out = tmp_path / "o"
-        args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
-        crash_env = {**env, "BULKGETTY_TEST_CRASH_AT": "part_write:1"}
-        crashed = cli(*args, env=crash_env, prefix=CRASH, timeout=120)
-        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        out, args, env, crashed = _video_killed_at(sb, tmp_path, asset, "part_write:1")
         assert [p.name for p in out.glob("*.part")] == [f"GettyImages-{asset}.mp4.part"]
         _journal_ok(out)
         done = cli(*args, env=env, timeout=120)
@@ -265,6 +260,21 @@ def test_kill_9_before_the_first_bytes_of_a_large_file_resumes_under_its_own_nam
             root=tmp_path,
         )
         matrix.check(result, note="resumed under its own name")
+
+
+def _video_killed_at(
+    sb: SandboxThread, tmp_path: Path, asset: str, point: str
+) -> tuple[Path, tuple[str, ...], dict[str, str], subprocess.CompletedProcess[str]]:
+    """Run one video asset into `tmp_path/o` and SIGKILL the run at crash point `point`;
+    returns (folder, the run's arguments, its environment, the killed run)."""
+    env = clean_env(sb.credentials_env())
+    manifest = write_ids(tmp_path / "ids.txt", [asset])
+    out = tmp_path / "o"
+    args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
+    crash_env = {**env, "BULKGETTY_TEST_CRASH_AT": point}
+    crashed = cli(*args, env=crash_env, prefix=CRASH, timeout=120)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    return out, args, env, crashed
 
 
 def _ranges(requests: list[dict[str, str]]) -> list[tuple[int, int]]:
@@ -290,13 +300,7 @@ def test_kill_9_after_a_slow_large_file_was_split_into_segments_resumes_each_one
     size = 64 * 2**20
     asset = "9730100"
     with SandboxThread(SandboxConfig(sizes={asset: size}, bandwidth=8 * 2**20)) as sb:
-        env = clean_env(sb.credentials_env())
-        manifest = write_ids(tmp_path / "ids.txt", [asset])
-        out = tmp_path / "o"
-        args = ("run", str(manifest), "--out", str(out), "--asset-type", "video")
-        crash_env = {**env, "BULKGETTY_TEST_CRASH_AT": "part_write:40"}
-        crashed = cli(*args, env=crash_env, prefix=CRASH, timeout=120)
-        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        out, args, env, crashed = _video_killed_at(sb, tmp_path, asset, "part_write:40")
         first_run = len(sb.stats.delivery_requests)
         split = _ranges([r.headers for r in sb.stats.delivery_requests])
         assert len(split) == 3, split  # one stream, then three more ranges
