@@ -9,6 +9,12 @@ import pytest
 from bulkgetty.stages.channel import Channel
 
 
+async def _settle() -> None:
+    """Let every ready task run until it waits (loop turns, not time)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 async def _drain(channel: Channel[int], into: list[int]) -> None:
     async for item in channel:
         into.append(item)
@@ -41,7 +47,7 @@ async def test_a_sender_waits_while_the_channel_holds_its_size() -> None:
     await out.send(1)
     await out.send(2)
     third = asyncio.create_task(out.send(3))
-    await asyncio.sleep(0.01)
+    await _settle()
     assert not third.done()
     assert await anext(channel) == 1
     await asyncio.wait_for(third, 5)
@@ -55,7 +61,7 @@ async def test_a_receiver_cancelled_while_waiting_loses_no_item() -> None:
     channel = Channel[int](2)
     out = channel.sender()
     waiting = asyncio.create_task(anext(channel))
-    await asyncio.sleep(0.01)
+    await _settle()
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting

@@ -78,7 +78,7 @@ class Journal(AssetTransitions):
     """Synchronous journal over sqlite3; use it from one thread (AsyncJournal does).
 
     Opening, transactions, runs and reads live here; each asset's state changes are
-    `AssetTransitions` (transitions.py), which only need `_tx`.
+    `AssetTransitions` (transitions.py), which only need `_tx` and the connection.
     """
 
     def __init__(self, out_dir: Path, *, lock: bool = True, read_only: bool = False) -> None:
@@ -181,17 +181,6 @@ class Journal(AssetTransitions):
                 self._db.execute(end)
             raise
         self._db.execute(end)
-
-    @contextlib.contextmanager
-    def _statement(self) -> Iterator[sqlite3.Connection]:
-        """For a change made by ONE statement: the statement alone, in a group or not.
-
-        SQLite runs a statement outside a transaction as its own transaction (autocommit,
-        committed with `synchronous=FULL` before `execute` returns) and undoes a failed one
-        by itself, so BEGIN/COMMIT or a savepoint around it would add two statements (each a
-        GIL hand-off of the journal thread, or ~10 us on the loop) and buy nothing.
-        """
-        yield self._db
 
     # runs ------------------------------------------------------------------------------
 
